@@ -1,0 +1,6 @@
+//! Time: the hybrid logical clock that stamps every write, behind a
+//! [`PhysicalClock`] trait so tests and simulations can drive it.
+
+mod hlc;
+
+pub use hlc::{Hlc, HybridClock, PhysicalClock, SystemClock, MAX_FORWARD_DRIFT_MS};

@@ -1,0 +1,27 @@
+//! meshkv: an embedded key-value store (an LSM engine in one directory)
+//! whose nodes replicate to each other as equals.
+//!
+//! Layers, bottom up:
+//! - [`version`]: node ids, dots and version vectors;
+//! - [`clock`]: the hybrid logical clock;
+//! - [`storage`]: the local store — records, the compacted change log,
+//!   the convergent merge and the change feed.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = meshkv::Db::open(dir.path(), meshkv::Options::default()).unwrap();
+//! db.put("hello", "world").unwrap();
+//! assert_eq!(db.get("hello").unwrap().as_deref(), Some(&b"world"[..]));
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod storage;
+pub mod version;
+
+pub use clock::Hlc;
+pub use storage::{
+    Batch, ConflictPolicy, Db, Durability, Entry, Error, KeyRange, Options, Record, Result, ScanOptions,
+};
+pub use version::{Dot, NodeId, VersionVector};

@@ -1,0 +1,238 @@
+//! Opening a store: the directory layout, the node id, durable sequence
+//! numbers and the state shared by all handles.
+
+use super::error::{Error, Result};
+use super::feed::Commit;
+use super::keys;
+use super::options::Options;
+use crate::clock::{Hlc, HybridClock};
+use crate::version::{NodeId, Seq, VersionVector};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::broadcast;
+
+/// Name of the marker file that identifies a meshkv data directory.
+pub(crate) const MARKER_FILE: &str = "MESHKV";
+const MARKER_CONTENT: &str = "meshkv store\nformat 1\n";
+const ENGINE_DIR: &str = "engine";
+/// Sequence numbers reserved (durably) ahead of use. After a crash the node
+/// continues above the reservation, so no seq is ever handed out twice.
+pub(crate) const SEQ_RESERVATION: u64 = 1 << 16;
+
+/// A local meshkv store. Cheap to clone; all clones share one open store.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    pub(crate) engine: Database,
+    pub(crate) data: Keyspace,
+    pub(crate) log: Keyspace,
+    pub(crate) meta: Keyspace,
+    pub(crate) node_id: NodeId,
+    pub(crate) opts: Options,
+    pub(crate) writer: Mutex<WriterState>,
+    pub(crate) feed: broadcast::Sender<Arc<Commit>>,
+    pub(crate) conflicts: AtomicU64,
+}
+
+/// State only the (single) writer touches, behind `Inner::writer`.
+pub(crate) struct WriterState {
+    /// Next sequence number for a local write.
+    pub next_seq: Seq,
+    /// Highest seq durably reserved; `next_seq` must stay at or below it.
+    pub reserved: Seq,
+    pub clock: HybridClock,
+    /// The node's version vector (mirrors the `vv` meta keys).
+    pub vv: VersionVector,
+    /// Number of commits so far in this process (feed ordering).
+    pub commit_id: u64,
+}
+
+impl Db {
+    /// Opens the store in `path`, creating it (and a new node id) if the
+    /// directory is missing or empty.
+    ///
+    /// Fails with [`Error::NotAStore`] for a non-empty directory that is not a
+    /// meshkv store, [`Error::Locked`] if the store is already open, and
+    /// [`Error::Corrupt`] if its files cannot be read.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let path = path.as_ref().to_path_buf();
+        let opts = opts.normalized();
+        prepare_dir(&path)?;
+        let engine = open_engine(&path, &opts)?;
+        let corrupt = |e: fjall::Error| Error::Corrupt { path: path.clone(), detail: format!("{e:?}") };
+        let data = engine.keyspace("data", KeyspaceCreateOptions::default).map_err(corrupt)?;
+        let log = engine.keyspace("log", KeyspaceCreateOptions::default).map_err(corrupt)?;
+        let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
+
+        let node_id = load_or_create_node_id(&path, &engine, &meta, &data)?;
+        let read_u64 = |k: &[u8]| -> Result<u64> {
+            match meta.get(k).map_err(corrupt)? {
+                None => Ok(0),
+                Some(v) => keys::parse_u64(&v).ok_or_else(|| Error::Corrupt {
+                    path: path.clone(),
+                    detail: format!("meta key {:?} is malformed", String::from_utf8_lossy(k)),
+                }),
+            }
+        };
+        let reserved = read_u64(keys::META_SEQ_RESERVED)?;
+        let hlc_floor = Hlc(read_u64(keys::META_HLC)?);
+        let vv = read_vv(&path, meta.prefix(keys::META_VV_PREFIX))?;
+        let next_seq = vv.get(node_id).max(reserved) + 1;
+        let (feed, _) = broadcast::channel(opts.feed_capacity);
+        tracing::debug!(path = %path.display(), %node_id, next_seq, %vv, "opened store");
+        Ok(Db {
+            inner: Arc::new(Inner {
+                path,
+                engine,
+                data,
+                log,
+                meta,
+                node_id,
+                writer: Mutex::new(WriterState {
+                    next_seq,
+                    reserved,
+                    clock: HybridClock::new(hlc_floor),
+                    vv,
+                    commit_id: 0,
+                }),
+                feed,
+                conflicts: AtomicU64::new(0),
+                opts,
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options the store was opened with (limits already clamped).
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// The node's current version vector.
+    pub fn version_vector(&self) -> VersionVector {
+        self.inner.lock_writer().vv.clone()
+    }
+
+    /// Forces everything written so far to stable storage (`fdatasync`).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.engine.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Takes the writer lock. A panic while holding it cannot leave storage
+    /// half-written (batches are atomic), so a poisoned lock is recovered.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.opts.clock.now_ms()
+    }
+}
+
+/// Reads every `vv` meta entry from an iterator over that prefix.
+pub(crate) fn read_vv(path: &Path, iter: fjall::Iter) -> Result<VersionVector> {
+    let mut vv = VersionVector::new();
+    for guard in iter {
+        let (k, v) = guard.into_inner()?;
+        match (keys::parse_vv_key(&k), keys::parse_u64(&v)) {
+            (Some(origin), Some(seq)) => vv.raise(origin, seq),
+            _ => {
+                return Err(Error::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "malformed version-vector entry".into(),
+                })
+            }
+        }
+    }
+    Ok(vv)
+}
+
+/// Creates the directory and its marker, or checks an existing one.
+fn prepare_dir(path: &Path) -> Result<()> {
+    let io = |context: &str| {
+        let context = format!("{context} {}", path.display());
+        move |source| Error::Io { context, source }
+    };
+    fs::create_dir_all(path).map_err(io("cannot create data directory"))?;
+    let marker = path.join(MARKER_FILE);
+    match fs::read(&marker) {
+        Ok(content) if content == MARKER_CONTENT.as_bytes() => Ok(()),
+        Ok(_) => Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("{MARKER_FILE} marker has unknown content or format version"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut entries = fs::read_dir(path).map_err(io("cannot list data directory"))?;
+            if entries.next().is_some() {
+                return Err(Error::NotAStore {
+                    path: path.to_path_buf(),
+                    reason: format!("the directory is not empty and has no {MARKER_FILE} marker"),
+                });
+            }
+            let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+            let mut f = fs::File::create(&tmp).map_err(io("cannot create marker in"))?;
+            f.write_all(MARKER_CONTENT.as_bytes()).map_err(io("cannot write marker in"))?;
+            f.sync_all().map_err(io("cannot sync marker in"))?;
+            fs::rename(&tmp, &marker).map_err(io("cannot install marker in"))?;
+            fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
+        }
+        Err(e) => Err(io("cannot read marker in")(e)),
+    }
+}
+
+fn open_engine(path: &Path, opts: &Options) -> Result<Database> {
+    let dir = path.join(ENGINE_DIR);
+    // The engine can panic on some kinds of damaged files; report those as
+    // corruption instead of taking the caller down.
+    let cache = opts.cache_bytes;
+    let opened = std::panic::catch_unwind(move || Database::builder(&dir).cache_size(cache).open());
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(fjall::Error::Locked)) => Err(Error::Locked { path: path.to_path_buf() }),
+        Ok(Err(e)) => {
+            Err(Error::Corrupt { path: path.to_path_buf(), detail: format!("storage engine cannot open: {e:?}") })
+        }
+        Err(_) => Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: "storage engine failed while recovering its files".into(),
+        }),
+    }
+}
+
+fn load_or_create_node_id(path: &Path, engine: &Database, meta: &Keyspace, data: &Keyspace) -> Result<NodeId> {
+    let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
+    if let Some(v) = meta.get(keys::META_NODE_ID)? {
+        return keys::parse_u64(&v)
+            .filter(|id| *id != 0)
+            .map(NodeId)
+            .ok_or_else(|| corrupt("node id is malformed".into()));
+    }
+    if !data.is_empty()? {
+        return Err(corrupt("node id is missing but the store holds data".into()));
+    }
+    let id = NodeId::random();
+    meta.insert(keys::META_NODE_ID, keys::u64_value(id.0))?;
+    engine.persist(PersistMode::SyncAll)?;
+    tracing::info!(path = %path.display(), node_id = %id, "created new store");
+    Ok(id)
+}

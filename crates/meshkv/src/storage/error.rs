@@ -1,0 +1,74 @@
+//! Errors of the storage layer. Each variant says what state it leaves.
+
+use std::path::PathBuf;
+
+/// Result alias for storage operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the local store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key exceeded the configured limit. Nothing was written.
+    #[error("key of {len} bytes exceeds the limit of {max} bytes (nothing written)")]
+    KeyTooLarge {
+        /// Length of the offending key.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A value exceeded the configured limit. Nothing was written.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes (nothing written)")]
+    ValueTooLarge {
+        /// Length of the offending value.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The directory is open in another `Db` (this or another process).
+    /// Nothing was changed.
+    #[error("store at {path} is locked: it is already open in this or another process")]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The directory exists but does not hold a meshkv store. It was left
+    /// untouched.
+    #[error("{path} is not a meshkv store: {reason}")]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// Why it was not recognized.
+        reason: String,
+    },
+    /// The store's files are damaged or from an unknown format version. Nothing
+    /// was modified; restore from a replica or a backup.
+    #[error("store at {path} is corrupt or unreadable: {detail}")]
+    Corrupt {
+        /// The data directory.
+        path: PathBuf,
+        /// What failed to read.
+        detail: String,
+    },
+    /// A record read back from disk failed to decode. The store is left as
+    /// it is; the key is unreadable until repaired by a newer write or replica.
+    #[error("record for key {key:?} is corrupt")]
+    CorruptRecord {
+        /// The affected key.
+        key: Vec<u8>,
+    },
+    /// An I/O error outside the engine (marker file, directory).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage engine failed (for example a full disk). The operation
+    /// that returned this was not applied; after a failed journal write the
+    /// engine refuses further writes until the store is reopened.
+    #[error("storage engine error (operation not applied): {0}")]
+    Engine(#[from] fjall::Error),
+}

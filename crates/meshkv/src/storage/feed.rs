@@ -1,0 +1,144 @@
+//! The live change feed: every committed change, local or replicated, in
+//! commit order. Backed by a bounded broadcast ring, so a slow subscriber is
+//! told it lagged instead of blocking writers or growing memory.
+
+use super::range::KeyRange;
+use super::record::Record;
+use crate::version::{Dot, VersionVector};
+use std::sync::Arc;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+
+/// Where a committed change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A write made on this node.
+    Local,
+    /// A record merged from a peer.
+    Remote,
+}
+
+/// A detected conflict: concurrent writes to one key and the one that won.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The version reads now return.
+    pub winner: Dot,
+    /// The concurrent versions that did not win.
+    pub losers: Vec<Dot>,
+}
+
+/// One key's new state.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// Its record after the commit.
+    pub record: Record,
+    /// Set if the change settled concurrent writes.
+    pub conflict: Option<Conflict>,
+}
+
+/// One atomic commit as published on the feed.
+#[derive(Debug)]
+pub struct Commit {
+    /// Position in this process's commit order (starts at 1 after open).
+    pub id: u64,
+    /// Local write or merged remote records.
+    pub source: Source,
+    /// The changed keys.
+    pub changes: Vec<Change>,
+    /// The node's version vector right after this commit.
+    pub vv: VersionVector,
+}
+
+/// Why a subscription yielded no change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// The subscriber fell behind and `missed` commits were dropped for it.
+    /// It keeps receiving newer commits; use `changes_since` to catch up.
+    #[error("subscriber lagged: {missed} commits were dropped")]
+    Lagged {
+        /// Number of commits skipped.
+        missed: u64,
+    },
+    /// The store was dropped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A live stream of changes within a key range. See [`Db::subscribe`](super::Db::subscribe).
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Commit>>,
+    range: KeyRange,
+    current: Option<(Arc<Commit>, usize)>,
+}
+
+impl Subscription {
+    pub(crate) fn new(rx: broadcast::Receiver<Arc<Commit>>, range: KeyRange) -> Self {
+        Subscription { rx, range, current: None }
+    }
+
+    /// Waits for the next change in range.
+    pub async fn recv(&mut self) -> Result<Change, FeedError> {
+        loop {
+            if let Some(c) = self.next_buffered() {
+                return Ok(c);
+            }
+            let commit = self.rx.recv().await.map_err(recv_err)?;
+            self.current = Some((commit, 0));
+        }
+    }
+
+    /// Blocking variant of [`recv`](Self::recv) for non-async callers.
+    /// Must not be called from within an async runtime.
+    pub fn blocking_recv(&mut self) -> Result<Change, FeedError> {
+        loop {
+            if let Some(c) = self.next_buffered() {
+                return Ok(c);
+            }
+            let commit = self.rx.blocking_recv().map_err(recv_err)?;
+            self.current = Some((commit, 0));
+        }
+    }
+
+    /// The next change if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Change>, FeedError> {
+        loop {
+            if let Some(c) = self.next_buffered() {
+                return Ok(Some(c));
+            }
+            match self.rx.try_recv() {
+                Ok(commit) => self.current = Some((commit, 0)),
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Lagged(missed)) => return Err(FeedError::Lagged { missed }),
+                Err(TryRecvError::Closed) => return Err(FeedError::Closed),
+            }
+        }
+    }
+
+    /// Waits for the next whole commit, unfiltered (for replication).
+    pub async fn recv_commit(&mut self) -> Result<Arc<Commit>, FeedError> {
+        self.current = None;
+        self.rx.recv().await.map_err(recv_err)
+    }
+
+    fn next_buffered(&mut self) -> Option<Change> {
+        let (commit, idx) = self.current.as_mut()?;
+        while *idx < commit.changes.len() {
+            let change = &commit.changes[*idx];
+            *idx += 1;
+            if self.range.contains(&change.key) {
+                return Some(change.clone());
+            }
+        }
+        self.current = None;
+        None
+    }
+}
+
+fn recv_err(e: RecvError) -> FeedError {
+    match e {
+        RecvError::Lagged(missed) => FeedError::Lagged { missed },
+        RecvError::Closed => FeedError::Closed,
+    }
+}

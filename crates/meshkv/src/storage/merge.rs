@@ -1,0 +1,136 @@
+//! The merge of a remote record into the local one: a join on the lattice
+//! of version sets, so applying records is idempotent, commutative and
+//! associative (SPEC invariant 4).
+//!
+//! 1. Take the union of both version sets (dedup by dot).
+//! 2. Drop every version some other version's causal context covers:
+//!    causally newer always wins, and the policy is never asked.
+//! 3. What is left is pairwise concurrent. Last-writer-wins keeps only the
+//!    greatest; the other policies keep all of them as siblings and pick the
+//!    visible one with a deterministic function of the set.
+//!
+//! The result depends only on the set of writes seen, never on the order or
+//! number of deliveries.
+
+use super::policy::ConflictPolicy;
+use super::record::{Record, Version};
+use crate::version::Dot;
+
+/// What merging one remote record did.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    /// The new record, or `None` when the local record is unchanged.
+    pub record: Option<Record>,
+    /// Set when this merge met versions concurrent with each other, at least
+    /// one of them new to this node.
+    pub conflict: Option<ConflictDots>,
+}
+
+/// The versions involved in a detected conflict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ConflictDots {
+    pub winner: Dot,
+    pub losers: Vec<Dot>,
+    /// Concurrent versions that this node had not held before.
+    pub incoming: Vec<Dot>,
+}
+
+/// Joins `remote` into `local` under `policy`.
+pub(crate) fn merge(key: &[u8], local: Option<&Record>, remote: &Record, policy: &ConflictPolicy) -> Merged {
+    let Some(local) = local else {
+        return Merged { record: Some(normalize(key, remote.versions().to_vec(), policy)), conflict: None };
+    };
+    let mut all: Vec<Version> = local.versions().to_vec();
+    for v in remote.versions() {
+        if !local.has_dot(v.dot) {
+            all.push(v.clone());
+        }
+    }
+    if all.len() == local.versions().len() {
+        return Merged { record: None, conflict: None };
+    }
+    let frontier: Vec<Version> = all.iter().filter(|v| !all.iter().any(|w| w.supersedes(v))).cloned().collect();
+    let dots: Vec<Dot> = frontier.iter().map(|v| v.dot).collect();
+    let incoming: Vec<Dot> = dots.iter().copied().filter(|d| !local.has_dot(*d)).collect();
+    let merged = normalize(key, frontier, policy);
+    let conflict = (!incoming.is_empty() && dots.len() > 1).then(|| {
+        let winner = merged.winner().dot;
+        ConflictDots { winner, losers: dots.into_iter().filter(|d| *d != winner).collect(), incoming }
+    });
+    let record = (merged != *local).then_some(merged);
+    Merged { record, conflict }
+}
+
+/// Reduces a non-empty set of pairwise-concurrent versions to a record.
+fn normalize(key: &[u8], mut frontier: Vec<Version>, policy: &ConflictPolicy) -> Record {
+    frontier.sort_by_key(Version::order_key);
+    if policy.collapses() || frontier.len() == 1 {
+        let last = frontier.pop().unwrap_or_else(|| unreachable!("frontier is never empty"));
+        return Record::single(last);
+    }
+    let winner = frontier[policy.pick(key, &frontier)].dot;
+    Record::from_frontier(frontier, winner).unwrap_or_else(|| unreachable!("winner taken from frontier"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Hlc;
+    use crate::storage::policy::Choice;
+    use crate::version::{NodeId, VersionVector};
+
+    fn ver(origin: u64, seq: u64, hlc: u64, deps: &[(u64, u64)], val: &str) -> Version {
+        Version {
+            dot: Dot::new(NodeId(origin), seq),
+            hlc: Hlc(hlc),
+            deps: deps.iter().map(|&(o, s)| (NodeId(o), s)).collect::<VersionVector>(),
+            value: Some(val.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn causally_newer_wins_without_conflict() {
+        let old = Record::single(ver(1, 1, 50, &[], "old"));
+        let new = Record::single(ver(2, 1, 10, &[(1, 1)], "new"));
+        let m = merge(b"k", Some(&old), &new, &ConflictPolicy::LastWriterWins);
+        assert_eq!(m.record.expect("changed").value(), Some(&b"new"[..]));
+        assert!(m.conflict.is_none());
+        let back =
+            merge(b"k", Some(&Record::single(ver(2, 1, 10, &[(1, 1)], "new"))), &old, &ConflictPolicy::LastWriterWins);
+        assert!(back.record.is_none() && back.conflict.is_none(), "older never replaces newer");
+    }
+
+    #[test]
+    fn concurrent_lww_picks_higher_hlc_and_reports() {
+        let a = Record::single(ver(1, 1, 20, &[], "a"));
+        let b = Record::single(ver(2, 1, 30, &[], "b"));
+        let m = merge(b"k", Some(&a), &b, &ConflictPolicy::LastWriterWins);
+        let rec = m.record.expect("changed");
+        assert_eq!(rec.value(), Some(&b"b"[..]));
+        let c = m.conflict.expect("conflict");
+        assert_eq!(c.winner, Dot::new(NodeId(2), 1));
+        assert_eq!(c.losers, vec![Dot::new(NodeId(1), 1)]);
+        let m2 = merge(b"k", Some(&b), &a, &ConflictPolicy::LastWriterWins);
+        assert!(m2.record.is_none(), "same outcome from the other side");
+        assert!(m2.conflict.is_some());
+    }
+
+    #[test]
+    fn resolver_sees_only_concurrent_pairs_and_siblings_are_kept() {
+        let policy =
+            ConflictPolicy::resolver(
+                |_, a, _b| {
+                    if a.value.as_deref() == Some(b"keep") {
+                        Choice::First
+                    } else {
+                        Choice::Second
+                    }
+                },
+            );
+        let a = Record::single(ver(1, 1, 20, &[], "keep"));
+        let b = Record::single(ver(2, 1, 30, &[], "other"));
+        let rec = merge(b"k", Some(&a), &b, &policy).record.expect("changed");
+        assert_eq!(rec.versions().len(), 2);
+        assert_eq!(rec.value(), Some(&b"keep"[..]));
+    }
+}

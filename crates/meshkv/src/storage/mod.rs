@@ -1,0 +1,36 @@
+//! The local store: records, the compacted change log, version vectors,
+//! the merge and the change feed, on the fjall LSM engine.
+
+mod apply;
+mod db;
+mod error;
+mod feed;
+mod keys;
+mod log;
+mod merge;
+mod options;
+mod policy;
+mod range;
+mod read;
+mod record;
+mod write;
+
+pub use apply::ApplyReport;
+pub use db::Db;
+pub use error::{Error, Result};
+pub use feed::{Change, Commit, Conflict, FeedError, Source, Subscription};
+pub use log::ChangesSince;
+pub use options::{Durability, Options, KEY_LEN_CEILING, VALUE_LEN_CEILING};
+pub use policy::{Choice, ConflictPolicy, ResolverFn};
+pub use range::KeyRange;
+pub use read::{Entry, Scan, ScanOptions, Snapshot};
+pub use record::{Record, Version};
+pub use write::Batch;
+
+impl Db {
+    /// A live stream of every change to keys in `range`, local or
+    /// replicated, starting now.
+    pub fn subscribe(&self, range: KeyRange) -> Subscription {
+        Subscription::new(self.inner.feed.subscribe(), range)
+    }
+}

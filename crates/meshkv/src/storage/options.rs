@@ -1,0 +1,84 @@
+//! Options for opening a [`Db`](super::Db).
+
+use super::policy::ConflictPolicy;
+use crate::clock::{PhysicalClock, SystemClock};
+use std::sync::Arc;
+
+/// Hard ceiling for keys: the engine limits keys to 64 KiB and the change log
+/// stores the key as a value, so we stay below that.
+pub const KEY_LEN_CEILING: usize = 60 * 1024;
+/// Hard ceiling for values.
+pub const VALUE_LEN_CEILING: usize = 512 * 1024 * 1024;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to the operating system before `Ok`: survives a crash of the
+    /// process, not a power loss of the machine.
+    #[default]
+    Buffered,
+    /// `fdatasync`ed before `Ok`: survives power loss.
+    Sync,
+}
+
+/// Options for [`Db::open`](super::Db::open). Start from `Options::default()`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// When writes are acknowledged. Default: [`Durability::Buffered`].
+    pub durability: Durability,
+    /// How concurrent writes are settled. Must be the same on all nodes.
+    pub policy: ConflictPolicy,
+    /// Largest accepted key, bytes (default 16 KiB, at most [`KEY_LEN_CEILING`]).
+    pub max_key_len: usize,
+    /// Largest accepted value, bytes (default 16 MiB, at most [`VALUE_LEN_CEILING`]).
+    pub max_value_len: usize,
+    /// Commits buffered per change-feed subscriber before it is told it
+    /// lagged (default 4096).
+    pub feed_capacity: usize,
+    /// Block cache size in bytes (default 64 MiB).
+    pub cache_bytes: u64,
+    /// Wall clock for the hybrid logical clock.
+    pub clock: Arc<dyn PhysicalClock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::default(),
+            policy: ConflictPolicy::default(),
+            max_key_len: 16 * 1024,
+            max_value_len: 16 * 1024 * 1024,
+            feed_capacity: 4096,
+            cache_bytes: 64 * 1024 * 1024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for dyn PhysicalClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhysicalClock")
+    }
+}
+
+impl Options {
+    /// Sets the durability.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Sets the conflict policy.
+    pub fn policy(mut self, p: ConflictPolicy) -> Self {
+        self.policy = p;
+        self
+    }
+
+    /// Clamps the size limits to their ceilings.
+    pub(crate) fn normalized(mut self) -> Self {
+        self.max_key_len = self.max_key_len.clamp(1, KEY_LEN_CEILING);
+        self.max_value_len = self.max_value_len.min(VALUE_LEN_CEILING);
+        self.feed_capacity = self.feed_capacity.max(1);
+        self
+    }
+}

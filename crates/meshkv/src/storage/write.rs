@@ -1,0 +1,180 @@
+//! Local writes. Each commit stores, in one atomic engine batch: the new
+//! record, its change-log entry, the removal of the entries it supersedes,
+//! and the node's own version-vector entry (SPEC invariants 1 and 2).
+
+use super::db::{Db, Inner, WriterState, SEQ_RESERVATION};
+use super::error::{Error, Result};
+use super::feed::{Change, Commit, Source};
+use super::keys;
+use super::options::Durability;
+use super::read::decode;
+use super::record::{Record, Version};
+use crate::version::Dot;
+use fjall::{OwnedWriteBatch, PersistMode};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A set of puts and deletes applied atomically by [`Db::write`]. If a key
+/// appears more than once, its last operation wins.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push((key.into(), None));
+        self
+    }
+
+    /// Number of operations added.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no operation was added.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+impl Db {
+    /// Stores `value` under `key`. Returns the write's dot.
+    pub fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Dot> {
+        let mut b = Batch::new();
+        b.put(key, value);
+        self.write_ops(b.ops).map(|d| d.unwrap_or_else(|| unreachable!("one op")))
+    }
+
+    /// Deletes `key` (stores a tombstone). Returns the write's dot.
+    pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Dot> {
+        let mut b = Batch::new();
+        b.delete(key);
+        self.write_ops(b.ops).map(|d| d.unwrap_or_else(|| unreachable!("one op")))
+    }
+
+    /// Applies `batch` atomically. Its writes take consecutive sequence
+    /// numbers; returns the dot of the last one (`None` for an empty batch).
+    pub fn write(&self, batch: Batch) -> Result<Option<Dot>> {
+        self.write_ops(batch.ops)
+    }
+
+    fn write_ops(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Option<Dot>> {
+        let inner = &*self.inner;
+        for (k, v) in &ops {
+            inner.check_key(k)?;
+            if let Some(v) = v {
+                inner.check_value(v)?;
+            }
+        }
+        let ops = last_op_per_key(ops);
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let mut w = inner.lock_writer();
+        inner.reserve_seqs(&mut w, ops.len() as u64)?;
+        let node = inner.node_id;
+        let mut batch = inner.batch(ops.len() * 3 + 2);
+        let mut changes = Vec::with_capacity(ops.len());
+        let now = inner.now_ms();
+        for (key, value) in ops {
+            let old = inner.data.get(&key)?.map(|raw| decode(&key, &raw)).transpose()?;
+            let deps = old.as_ref().map(Record::context).unwrap_or_default();
+            let dot = Dot::new(node, w.next_seq);
+            w.next_seq += 1;
+            let record = Record::single(Version { dot, hlc: w.clock.tick(now), deps, value });
+            if let Some(old) = &old {
+                for d in old.dots() {
+                    batch.remove(&inner.log, keys::log_key(d).to_vec());
+                }
+            }
+            batch.insert(&inner.log, keys::log_key(dot).to_vec(), key.clone());
+            batch.insert(&inner.data, key.clone(), record.encode());
+            changes.push(Change { key, record, conflict: None });
+        }
+        let last = Dot::new(node, w.next_seq - 1);
+        batch.insert(&inner.meta, keys::vv_key(node), keys::u64_value(last.seq).to_vec());
+        batch.insert(&inner.meta, keys::META_HLC, keys::u64_value(w.clock.last().0).to_vec());
+        batch.commit()?;
+        w.vv.raise(node, last.seq);
+        inner.publish(&mut w, Source::Local, changes);
+        Ok(Some(last))
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_key(&self, k: &[u8]) -> Result<()> {
+        let max = self.opts.max_key_len;
+        if k.len() > max {
+            return Err(Error::KeyTooLarge { len: k.len(), max });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, v: &[u8]) -> Result<()> {
+        let max = self.opts.max_value_len;
+        if v.len() > max {
+            return Err(Error::ValueTooLarge { len: v.len(), max });
+        }
+        Ok(())
+    }
+
+    /// An engine batch with the configured durability.
+    pub(crate) fn batch(&self, capacity: usize) -> OwnedWriteBatch {
+        let mode = match self.opts.durability {
+            Durability::Buffered => None,
+            Durability::Sync => Some(PersistMode::SyncData),
+        };
+        OwnedWriteBatch::with_capacity(self.engine.clone(), capacity).durability(mode)
+    }
+
+    /// Makes sure `n` more sequence numbers are durably reserved before any
+    /// of them can become visible.
+    pub(crate) fn reserve_seqs(&self, w: &mut WriterState, n: u64) -> Result<()> {
+        let needed = w.next_seq + n - 1;
+        if needed <= w.reserved {
+            return Ok(());
+        }
+        let reserved = needed + SEQ_RESERVATION;
+        let mut b = OwnedWriteBatch::with_capacity(self.engine.clone(), 1).durability(Some(PersistMode::SyncData));
+        b.insert(&self.meta, keys::META_SEQ_RESERVED, keys::u64_value(reserved).to_vec());
+        b.commit()?;
+        w.reserved = reserved;
+        Ok(())
+    }
+
+    /// Publishes a commit on the change feed (under the writer lock, so feed
+    /// order is commit order).
+    pub(crate) fn publish(&self, w: &mut WriterState, source: Source, changes: Vec<Change>) {
+        w.commit_id += 1;
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
+        let commit = Commit { id: w.commit_id, source, changes, vv: w.vv.clone() };
+        // An error only means nobody is subscribed any more.
+        let _ = self.feed.send(Arc::new(commit));
+    }
+}
+
+/// Keeps only the last operation for each key, preserving order.
+fn last_op_per_key(ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    if ops.len() < 2 {
+        return ops;
+    }
+    let mut seen = HashSet::with_capacity(ops.len());
+    let keep: Vec<bool> = ops.iter().rev().map(|(k, _)| seen.insert(k.as_slice())).collect();
+    let mut keep = keep.into_iter().rev();
+    ops.into_iter().filter(|_| keep.next().unwrap_or(false)).collect()
+}

@@ -1,0 +1,7 @@
+//! Identity and causality: node ids, dots and version vectors.
+
+mod dot;
+mod vector;
+
+pub use dot::{Dot, NodeId, Seq};
+pub use vector::VersionVector;
