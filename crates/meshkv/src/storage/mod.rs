@@ -13,6 +13,7 @@ mod policy;
 mod range;
 mod read;
 mod record;
+mod verify;
 mod write;
 
 pub use apply::ApplyReport;
@@ -25,6 +26,7 @@ pub use policy::{Choice, ConflictPolicy, ResolverFn};
 pub use range::KeyRange;
 pub use read::{Entry, Scan, ScanOptions, Snapshot};
 pub use record::{Record, Version};
+pub use verify::IntegrityReport;
 pub use write::Batch;
 
 impl Db {

@@ -1,0 +1,89 @@
+//! Integrity check of the invariants that tie records, change log and
+//! version vector together (SPEC invariants 1 and 2).
+
+use super::db::Db;
+use super::error::Result;
+use super::keys;
+use super::read::decode;
+use crate::version::{Dot, Seq};
+use fjall::Readable;
+
+/// What [`Db::verify`] found. An intact store has no `problems`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntegrityReport {
+    /// Records (keys) in the data keyspace, tombstones included.
+    pub records: u64,
+    /// Entries in the change log.
+    pub log_entries: u64,
+    /// Highest sequence number of this node found in any record.
+    pub max_own_seq: Seq,
+    /// Human-readable descriptions of every violation found.
+    pub problems: Vec<String>,
+}
+
+impl IntegrityReport {
+    /// Whether no violation was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Db {
+    /// Scans the whole store (from one snapshot) and checks that every
+    /// current version has exactly its change-log entry, that every log
+    /// entry points to a current version, and that the version vector and
+    /// the sequence reservation cover this node's own writes. Reads
+    /// everything: meant for tests, tools and operators, not hot paths.
+    pub fn verify(&self) -> Result<IntegrityReport> {
+        let snapshot = self.snapshot();
+        let inner = &snapshot.db;
+        let snap = &snapshot.snap;
+        let mut report = IntegrityReport::default();
+        for guard in snap.iter(&inner.data) {
+            let (key, raw) = guard.into_inner()?;
+            report.records += 1;
+            let record = match decode(&key, &raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            for (i, v) in record.versions().iter().enumerate() {
+                if v.dot.origin == inner.node_id {
+                    report.max_own_seq = report.max_own_seq.max(v.dot.seq);
+                }
+                match snap.get(&inner.log, keys::log_key(v.dot))? {
+                    Some(k) if *k == *key => {}
+                    Some(_) => report.problems.push(format!("log entry {} points to another key", v.dot)),
+                    None => report.problems.push(format!("record {key:?} version {} has no log entry", v.dot)),
+                }
+                if record.versions().iter().skip(i + 1).any(|w| w.supersedes(v) || v.supersedes(w)) {
+                    report.problems.push(format!("record {key:?} keeps causally ordered versions"));
+                }
+            }
+        }
+        for guard in snap.iter(&inner.log) {
+            let (lk, key) = guard.into_inner()?;
+            report.log_entries += 1;
+            let Some(dot) = keys::parse_log_key(&lk) else {
+                report.problems.push(format!("malformed log key {lk:?}"));
+                continue;
+            };
+            let current = snapshot.get_record(&key)?.is_some_and(|r| r.has_dot(dot));
+            if !current {
+                report.problems.push(format!("log entry {dot} points to a missing or superseded record"));
+            }
+        }
+        let vv = snapshot.version_vector()?;
+        let own = Dot::new(inner.node_id, report.max_own_seq);
+        if !vv.contains(own) {
+            report.problems.push(format!("version vector {vv} does not cover own write {own}"));
+        }
+        let reserved = snap.get(&inner.meta, keys::META_SEQ_RESERVED)?.and_then(|v| keys::parse_u64(&v)).unwrap_or(0);
+        if reserved < report.max_own_seq {
+            report.problems.push(format!("seq reservation {reserved} is below own write {own}"));
+        }
+        Ok(report)
+    }
+}
