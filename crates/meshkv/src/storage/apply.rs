@@ -7,7 +7,6 @@ use super::feed::{Change, Conflict, Source};
 use super::keys;
 use super::merge::merge;
 use super::options::KEY_LEN_CEILING;
-use super::read::decode;
 use super::record::Record;
 use crate::version::{Dot, VersionVector};
 use std::collections::HashMap;
@@ -59,7 +58,7 @@ impl Db {
             }
             let current = match touched.get(&key) {
                 Some((_, cur, _)) => Some(cur.clone()),
-                None => inner.data.get(&key)?.map(|raw| decode(&key, &raw)).transpose()?,
+                None => self.get_record(&key)?,
             };
             let merged = merge(&key, current.as_ref(), &remote, &inner.opts.policy);
             let conflict = merged
@@ -121,7 +120,7 @@ impl Db {
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
                 batch.insert(&inner.log, keys::log_key(d).to_vec(), key.clone());
             }
-            batch.insert(&inner.data, key.clone(), new.encode());
+            batch.insert(&inner.data, keys::data_key(&key), new.encode());
             changes.push(Change { key, record: new, conflict });
         }
         for &(origin, seq) in raise {

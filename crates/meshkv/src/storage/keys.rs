@@ -2,7 +2,7 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `data` | user key | encoded [`Record`](super::Record) |
+//! | `data` | `k` ‖ user key (the engine forbids empty keys; users may not) | encoded [`Record`](super::Record) |
 //! | `log`  | origin (8 B, big-endian) ‖ seq (8 B, big-endian) | user key |
 //! | `meta` | `node_id`, `seq_reserved`, `hlc`, `vv` ‖ origin (8 B BE) | `u64` big-endian |
 //!
@@ -10,6 +10,29 @@
 //! new from origin `o` after seq `s`" is one range scan.
 
 use crate::version::{Dot, NodeId};
+use std::ops::Bound;
+
+/// Prefix of every data-keyspace key.
+const DATA_PREFIX: u8 = b'k';
+
+/// The data-keyspace key of a user key.
+pub(crate) fn data_key(user: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 1);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(user);
+    k
+}
+
+/// The user key inside a data-keyspace key.
+pub(crate) fn user_key(data: &[u8]) -> &[u8] {
+    data.get(1..).unwrap_or_default()
+}
+
+/// Maps bounds on user keys to bounds on data-keyspace keys.
+pub(crate) fn data_bounds(b: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let map = |b: Bound<Vec<u8>>| b.map(|k| data_key(&k));
+    (map(b.0), map(b.1))
+}
 
 /// Length of an encoded log key.
 pub(crate) const LOG_KEY_LEN: usize = 16;

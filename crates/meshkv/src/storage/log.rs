@@ -9,7 +9,7 @@
 use super::db::Db;
 use super::error::{Error, Result};
 use super::keys;
-use super::read::{decode, Snapshot};
+use super::read::Snapshot;
 use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
 use fjall::Readable;
@@ -108,10 +108,8 @@ impl ChangesSince {
             };
             let (lk, key) = guard.into_inner()?;
             let dot = keys::parse_log_key(&lk).ok_or_else(|| self.corrupt("malformed change-log key"))?;
-            let raw = self.snap.snap.get(&self.snap.db.data, &key)?;
-            let record = match raw {
-                Some(raw) => decode(&key, &raw)?,
-                None => return Err(self.corrupt("change-log entry points to a missing record")),
+            let Some(record) = self.snap.get_record(&key)? else {
+                return Err(self.corrupt("change-log entry points to a missing record"));
             };
             if !record.has_dot(dot) {
                 return Err(self.corrupt("change-log entry points to a superseded record"));

@@ -64,13 +64,14 @@ impl Db {
     /// The full record of `key` (including tombstones and siblings).
     pub fn get_record(&self, key: impl AsRef<[u8]>) -> Result<Option<Record>> {
         let key = key.as_ref();
-        self.inner.data.get(key)?.map(|v| decode(key, &v)).transpose()
+        self.inner.data.get(keys::data_key(key))?.map(|v| decode(key, &v)).transpose()
     }
 
     /// Iterates live entries, each read from one consistent point in time.
     pub fn scan(&self, opts: ScanOptions) -> Scan {
-        let (lower, upper) = opts.range.bounds();
-        let iter = (!KeyRange::is_empty_range(&lower, &upper)).then(|| self.inner.data.range((lower, upper)));
+        let bounds = opts.range.bounds();
+        let iter =
+            (!KeyRange::is_empty_range(&bounds.0, &bounds.1)).then(|| self.inner.data.range(keys::data_bounds(bounds)));
         Scan::new(iter, opts)
     }
 
@@ -92,13 +93,14 @@ impl Snapshot {
     /// The record of `key` in this snapshot.
     pub fn get_record(&self, key: impl AsRef<[u8]>) -> Result<Option<Record>> {
         let key = key.as_ref();
-        self.snap.get(&self.db.data, key)?.map(|v| decode(key, &v)).transpose()
+        self.snap.get(&self.db.data, keys::data_key(key))?.map(|v| decode(key, &v)).transpose()
     }
 
     /// Iterates live entries of this snapshot.
     pub fn scan(&self, opts: ScanOptions) -> Scan {
-        let (lower, upper) = opts.range.bounds();
-        let iter = (!KeyRange::is_empty_range(&lower, &upper)).then(|| self.snap.range(&self.db.data, (lower, upper)));
+        let bounds = opts.range.bounds();
+        let iter = (!KeyRange::is_empty_range(&bounds.0, &bounds.1))
+            .then(|| self.snap.range(&self.db.data, keys::data_bounds(bounds)));
         Scan::new(iter, opts)
     }
 
@@ -138,11 +140,12 @@ impl Iterator for Scan {
         while self.remaining > 0 {
             let iter = self.iter.as_mut()?;
             let guard = if self.opts.reverse { iter.next_back() } else { iter.next() }?;
-            let (key, raw) = match guard.into_inner() {
+            let (dkey, raw) = match guard.into_inner() {
                 Ok(kv) => kv,
                 Err(e) => return Some(Err(e.into())),
             };
-            let record = match decode(&key, &raw) {
+            let key = keys::user_key(&dkey);
+            let record = match decode(key, &raw) {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };

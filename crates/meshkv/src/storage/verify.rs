@@ -40,9 +40,10 @@ impl Db {
         let snap = &snapshot.snap;
         let mut report = IntegrityReport::default();
         for guard in snap.iter(&inner.data) {
-            let (key, raw) = guard.into_inner()?;
+            let (dkey, raw) = guard.into_inner()?;
+            let key = keys::user_key(&dkey);
             report.records += 1;
-            let record = match decode(&key, &raw) {
+            let record = match decode(key, &raw) {
                 Ok(r) => r,
                 Err(e) => {
                     report.problems.push(e.to_string());

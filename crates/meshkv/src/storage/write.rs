@@ -7,7 +7,6 @@ use super::error::{Error, Result};
 use super::feed::{Change, Commit, Source};
 use super::keys;
 use super::options::Durability;
-use super::read::decode;
 use super::record::{Record, Version};
 use crate::version::Dot;
 use fjall::{OwnedWriteBatch, PersistMode};
@@ -90,7 +89,7 @@ impl Db {
         let mut changes = Vec::with_capacity(ops.len());
         let now = inner.now_ms();
         for (key, value) in ops {
-            let old = inner.data.get(&key)?.map(|raw| decode(&key, &raw)).transpose()?;
+            let old = self.get_record(&key)?;
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
             let dot = Dot::new(node, w.next_seq);
             w.next_seq += 1;
@@ -101,7 +100,7 @@ impl Db {
                 }
             }
             batch.insert(&inner.log, keys::log_key(dot).to_vec(), key.clone());
-            batch.insert(&inner.data, key.clone(), record.encode());
+            batch.insert(&inner.data, keys::data_key(&key), record.encode());
             changes.push(Change { key, record, conflict: None });
         }
         let last = Dot::new(node, w.next_seq - 1);
