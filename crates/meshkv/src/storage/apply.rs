@@ -69,11 +69,22 @@ impl Db {
                 report.conflicts += 1;
                 inner.conflicts.fetch_add(1, Ordering::Relaxed);
             }
-            let Some(new) = merged.record else {
-                report.unchanged += 1;
-                continue;
+            // A conflict the local version won changes nothing on disk but is
+            // still published, so the feed reports every conflict.
+            let new = match (merged.record, &conflict, &current) {
+                (Some(new), _, _) => {
+                    report.changed += 1;
+                    new
+                }
+                (None, Some(_), Some(cur)) => {
+                    report.unchanged += 1;
+                    cur.clone()
+                }
+                _ => {
+                    report.unchanged += 1;
+                    continue;
+                }
             };
-            report.changed += 1;
             match touched.get_mut(&key) {
                 Some(entry) => {
                     entry.1 = new;
@@ -86,6 +97,9 @@ impl Db {
             }
         }
         let raise = covered.map(|c| vv_increase(&w.vv, c)).unwrap_or_default();
+        if let Some(&(_, seq)) = raise.iter().find(|(o, _)| *o == inner.node_id) {
+            max_own_seq = max_own_seq.max(seq);
+        }
         if touched.is_empty() && raise.is_empty() {
             return Ok(report);
         }
@@ -113,6 +127,10 @@ impl Db {
         let mut changes = Vec::with_capacity(order.len());
         for key in order {
             let Some((old, new, conflict)) = touched.remove(&key) else { continue };
+            if old.as_ref() == Some(&new) {
+                changes.push(Change { key, record: new, conflict });
+                continue;
+            }
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
                 batch.remove(&inner.log, keys::log_key(*d).to_vec());
