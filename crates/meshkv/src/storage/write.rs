@@ -133,7 +133,7 @@ impl Inner {
     /// An engine batch with the configured durability.
     pub(crate) fn batch(&self, capacity: usize) -> OwnedWriteBatch {
         let mode = match self.opts.durability {
-            Durability::Buffered => None,
+            Durability::Buffered => Some(PersistMode::Buffer),
             Durability::Sync => Some(PersistMode::SyncData),
         };
         OwnedWriteBatch::with_capacity(self.engine.clone(), capacity).durability(mode)
