@@ -8,7 +8,7 @@ use super::keys;
 use super::merge::merge;
 use super::options::KEY_LEN_CEILING;
 use super::record::Record;
-use crate::version::{Dot, VersionVector};
+use crate::version::{Dot, NodeId, VersionVector};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -23,6 +23,17 @@ pub struct ApplyReport {
     pub conflicts: usize,
 }
 
+/// Effects committed atomically with a merge, for replication.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyContext<'a> {
+    /// Raise the version vector to include this (see [`Db::apply`]).
+    pub covered: Option<&'a VersionVector>,
+    /// The peer the records came from; published as [`Commit::from`](super::Commit::from).
+    pub from: Option<NodeId>,
+    /// Store (`Some`) or clear (`None`) the catch-up resume point for a peer.
+    pub resume: Option<(NodeId, Option<&'a VersionVector>)>,
+}
+
 impl Db {
     /// Merges records received from a peer, atomically, and then raises the
     /// version vector to include `covered`.
@@ -35,6 +46,16 @@ impl Db {
     where
         I: IntoIterator<Item = (Vec<u8>, Record)>,
     {
+        self.apply_with(records, ApplyContext { covered, ..ApplyContext::default() })
+    }
+
+    /// [`apply`](Self::apply) with replication bookkeeping committed in the
+    /// same atomic batch.
+    pub fn apply_with<I>(&self, records: I, ctx: ApplyContext<'_>) -> Result<ApplyReport>
+    where
+        I: IntoIterator<Item = (Vec<u8>, Record)>,
+    {
+        let covered = ctx.covered;
         let inner = &*self.inner;
         let mut w = inner.lock_writer();
         let now = inner.now_ms();
@@ -100,7 +121,7 @@ impl Db {
         if let Some(&(_, seq)) = raise.iter().find(|(o, _)| *o == inner.node_id) {
             max_own_seq = max_own_seq.max(seq);
         }
-        if touched.is_empty() && raise.is_empty() {
+        if touched.is_empty() && raise.is_empty() && ctx.resume.is_none() {
             return Ok(report);
         }
         if max_own_seq >= w.next_seq {
@@ -110,8 +131,8 @@ impl Db {
             w.next_seq = max_own_seq + 1;
             inner.reserve_seqs(&mut w, 1)?;
         }
-        let changes = self.commit_merged(&mut w, order, touched, &raise)?;
-        inner.publish(&mut w, Source::Remote, changes);
+        let changes = self.commit_merged(&mut w, order, touched, &raise, ctx.resume)?;
+        inner.publish(&mut w, Source::Remote, ctx.from, changes);
         Ok(report)
     }
 
@@ -120,7 +141,8 @@ impl Db {
         w: &mut WriterState,
         order: Vec<Vec<u8>>,
         mut touched: HashMap<Vec<u8>, (Option<Record>, Record, Option<Conflict>)>,
-        raise: &[(crate::version::NodeId, u64)],
+        raise: &[(NodeId, u64)],
+        resume: Option<(NodeId, Option<&VersionVector>)>,
     ) -> Result<Vec<Change>> {
         let inner: &Inner = &self.inner;
         let mut batch = inner.batch(order.len() * 3 + raise.len());
@@ -144,6 +166,11 @@ impl Db {
         for &(origin, seq) in raise {
             batch.insert(&inner.meta, keys::vv_key(origin), keys::u64_value(seq).to_vec());
         }
+        match resume {
+            Some((peer, Some(vv))) => batch.insert(&inner.meta, keys::resume_key(peer), encode_vv(vv)),
+            Some((peer, None)) => batch.remove(&inner.meta, keys::resume_key(peer)),
+            None => {}
+        }
         batch.insert(&inner.meta, keys::META_HLC, keys::u64_value(w.clock.last().0).to_vec());
         batch.commit()?;
         for &(origin, seq) in raise {
@@ -152,13 +179,27 @@ impl Db {
         Ok(changes)
     }
 
+    /// The stored point from which an interrupted catch-up from `peer`
+    /// resumes (see [`ApplyContext::resume`]).
+    pub fn resume_point(&self, peer: NodeId) -> Result<Option<VersionVector>> {
+        let Some(raw) = self.inner.meta.get(keys::resume_key(peer))? else { return Ok(None) };
+        postcard::from_bytes(&raw).map(Some).map_err(|_| Error::Corrupt {
+            path: self.inner.path.clone(),
+            detail: format!("resume point for {peer} is malformed"),
+        })
+    }
+
     /// Total conflicts detected since this store was opened.
     pub fn conflict_count(&self) -> u64 {
         self.inner.conflicts.load(Ordering::Relaxed)
     }
 }
 
+fn encode_vv(vv: &VersionVector) -> Vec<u8> {
+    postcard::to_stdvec(vv).unwrap_or_else(|_| unreachable!("in-memory encode"))
+}
+
 /// Entries of `new` that are above `current`.
-fn vv_increase(current: &VersionVector, new: &VersionVector) -> Vec<(crate::version::NodeId, u64)> {
+fn vv_increase(current: &VersionVector, new: &VersionVector) -> Vec<(NodeId, u64)> {
     new.iter().filter(|&(o, s)| s > current.get(o)).collect()
 }

@@ -4,7 +4,7 @@
 
 use super::range::KeyRange;
 use super::record::Record;
-use crate::version::{Dot, VersionVector};
+use crate::version::{Dot, NodeId, VersionVector};
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
@@ -44,6 +44,8 @@ pub struct Commit {
     pub id: u64,
     /// Local write or merged remote records.
     pub source: Source,
+    /// For remote records: the peer they came from, if known.
+    pub from: Option<NodeId>,
     /// The changed keys.
     pub changes: Vec<Change>,
     /// The node's version vector right after this commit.
@@ -113,6 +115,17 @@ impl Subscription {
                 Err(TryRecvError::Lagged(missed)) => return Err(FeedError::Lagged { missed }),
                 Err(TryRecvError::Closed) => return Err(FeedError::Closed),
             }
+        }
+    }
+
+    /// The next whole commit if one is ready, unfiltered (for replication).
+    pub fn try_recv_commit(&mut self) -> Result<Option<Arc<Commit>>, FeedError> {
+        self.current = None;
+        match self.rx.try_recv() {
+            Ok(commit) => Ok(Some(commit)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Lagged(missed)) => Err(FeedError::Lagged { missed }),
+            Err(TryRecvError::Closed) => Err(FeedError::Closed),
         }
     }
 

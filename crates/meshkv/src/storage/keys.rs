@@ -5,6 +5,7 @@
 //! | `data` | `k` ‖ user key (the engine forbids empty keys; users may not) | encoded [`Record`](super::Record) |
 //! | `log`  | origin (8 B, big-endian) ‖ seq (8 B, big-endian) | user key |
 //! | `meta` | `node_id`, `seq_reserved`, `hlc`, `vv` ‖ origin (8 B BE) | `u64` big-endian |
+//! | `meta` | `resume` ‖ peer (8 B BE) | postcard version vector |
 //!
 //! Big-endian integers make the log sort by origin, then seq, so "what is
 //! new from origin `o` after seq `s`" is one range scan.
@@ -41,6 +42,7 @@ pub(crate) const META_NODE_ID: &[u8] = b"node_id";
 pub(crate) const META_SEQ_RESERVED: &[u8] = b"seq_reserved";
 pub(crate) const META_HLC: &[u8] = b"hlc";
 pub(crate) const META_VV_PREFIX: &[u8] = b"vv";
+pub(crate) const META_RESUME_PREFIX: &[u8] = b"resume";
 
 /// The change-log key of `dot`.
 pub(crate) fn log_key(dot: Dot) -> [u8; LOG_KEY_LEN] {
@@ -61,6 +63,13 @@ pub(crate) fn parse_log_key(k: &[u8]) -> Option<Dot> {
 pub(crate) fn vv_key(origin: NodeId) -> Vec<u8> {
     let mut k = META_VV_PREFIX.to_vec();
     k.extend_from_slice(&origin.0.to_be_bytes());
+    k
+}
+
+/// The meta key of the catch-up resume point for `peer`.
+pub(crate) fn resume_key(peer: NodeId) -> Vec<u8> {
+    let mut k = META_RESUME_PREFIX.to_vec();
+    k.extend_from_slice(&peer.0.to_be_bytes());
     k
 }
 

@@ -35,7 +35,7 @@ impl Snapshot {
     /// [`ChangesSince::version_vector`].
     pub fn changes_since(self, since: &VersionVector) -> Result<ChangesSince> {
         let vv = self.version_vector()?;
-        Ok(ChangesSince { snap: self, since: since.clone(), vv, iter: None, next_origin: Some(0) })
+        Ok(ChangesSince { snap: self, since: since.clone(), vv, iter: None, next_origin: Some(0), position: None })
     }
 
     /// The current record written by `dot` in this snapshot.
@@ -57,6 +57,8 @@ pub struct ChangesSince {
     iter: Option<fjall::Iter>,
     /// Smallest origin not yet scanned; `None` once all are.
     next_origin: Option<u64>,
+    /// Log position (dot) of the last item returned.
+    position: Option<Dot>,
 }
 
 impl ChangesSince {
@@ -64,6 +66,17 @@ impl ChangesSince {
     /// once it has applied every item.
     pub fn version_vector(&self) -> &VersionVector {
         &self.vv
+    }
+
+    /// The change-log position of the last item returned: everything in the
+    /// snapshot's log before it (in origin, then seq order) has been returned.
+    pub fn log_position(&self) -> Option<Dot> {
+        self.position
+    }
+
+    /// The version vector from which the iteration started.
+    pub fn since(&self) -> &VersionVector {
+        &self.since
     }
 
     /// The id of the last commit the snapshot includes.
@@ -118,6 +131,7 @@ impl ChangesSince {
             // first of them in log order.
             let first_uncovered = record.dots().filter(|d| !self.since.contains(*d)).min();
             if first_uncovered == Some(dot) {
+                self.position = Some(dot);
                 return Ok(Some((key.to_vec(), record)));
             }
         }

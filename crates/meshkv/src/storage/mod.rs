@@ -16,7 +16,7 @@ mod record;
 mod verify;
 mod write;
 
-pub use apply::ApplyReport;
+pub use apply::{ApplyContext, ApplyReport};
 pub use db::Db;
 pub use error::{Error, Result};
 pub use feed::{Change, Commit, Conflict, FeedError, Source, Subscription};

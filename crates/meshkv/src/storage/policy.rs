@@ -45,6 +45,19 @@ impl ConflictPolicy {
         ConflictPolicy::Resolver(Arc::new(f))
     }
 
+    /// A fingerprint peers compare in the handshake: nodes with different
+    /// policies would not converge. Resolvers cannot be compared by value,
+    /// so all resolvers share one fingerprint.
+    pub fn fingerprint(&self) -> u64 {
+        match self {
+            ConflictPolicy::LastWriterWins => 1,
+            ConflictPolicy::PreferNodes(nodes) => {
+                nodes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, n| (h ^ n.0).wrapping_mul(0x0100_0000_01b3)).max(4)
+            }
+            ConflictPolicy::Resolver(_) => 3,
+        }
+    }
+
     /// Whether losers can be discarded immediately. True only for policies
     /// whose order is total and agrees with causality, where a discarded
     /// loser could never win again.

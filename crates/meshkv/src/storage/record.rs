@@ -117,6 +117,11 @@ impl Record {
         self.versions.iter().map(|v| v.hlc).max().unwrap_or_default()
     }
 
+    /// Approximate encoded size in bytes, for batching decisions.
+    pub fn encoded_len_hint(&self) -> usize {
+        self.versions.iter().map(|v| 24 + v.deps.len() * 10 + v.value.as_ref().map_or(0, Vec::len)).sum()
+    }
+
     /// Encodes for storage and the wire.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![RECORD_FORMAT];

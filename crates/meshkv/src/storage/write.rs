@@ -8,7 +8,7 @@ use super::feed::{Change, Commit, Source};
 use super::keys;
 use super::options::Durability;
 use super::record::{Record, Version};
-use crate::version::Dot;
+use crate::version::{Dot, NodeId};
 use fjall::{OwnedWriteBatch, PersistMode};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -108,7 +108,7 @@ impl Db {
         batch.insert(&inner.meta, keys::META_HLC, keys::u64_value(w.clock.last().0).to_vec());
         batch.commit()?;
         w.vv.raise(node, last.seq);
-        inner.publish(&mut w, Source::Local, changes);
+        inner.publish(&mut w, Source::Local, None, changes);
         Ok(Some(last))
     }
 }
@@ -156,12 +156,12 @@ impl Inner {
 
     /// Publishes a commit on the change feed (under the writer lock, so feed
     /// order is commit order).
-    pub(crate) fn publish(&self, w: &mut WriterState, source: Source, changes: Vec<Change>) {
+    pub(crate) fn publish(&self, w: &mut WriterState, source: Source, from: Option<NodeId>, changes: Vec<Change>) {
         w.commit_id += 1;
         if self.feed.receiver_count() == 0 {
             return;
         }
-        let commit = Commit { id: w.commit_id, source, changes, vv: w.vv.clone() };
+        let commit = Commit { id: w.commit_id, source, from, changes, vv: w.vv.clone() };
         // An error only means nobody is subscribed any more.
         let _ = self.feed.send(Arc::new(commit));
     }

@@ -1,0 +1,106 @@
+//! Framing: `length (u32 big-endian) ‖ payload`, where the payload is a
+//! postcard-encoded [`Message`]. Pure functions over byte buffers; the
+//! runtime and the simulation feed them whatever bytes arrived.
+
+use super::message::Message;
+
+/// Default maximum frame size: the largest record (16 MiB value plus key and
+/// metadata) must fit, and nothing larger is ever buffered.
+pub const DEFAULT_MAX_FRAME: usize = 17 * 1024 * 1024;
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// A frame that cannot be decoded. The connection must be closed; nothing
+/// from it has been applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The length prefix announces more than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Appends the frame of `msg` to `out`; returns the frame's length.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    // Serializing into a Vec cannot fail for these types.
+    let out_vec = std::mem::take(out);
+    let mut out_vec = postcard::to_extend(msg, out_vec).unwrap_or_else(|_| unreachable!("in-memory encode"));
+    let len = (out_vec.len() - start - HEADER_LEN) as u32;
+    out_vec[start..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    *out = out_vec;
+    out.len() - start
+}
+
+/// Decodes one frame from the front of `buf`. Returns the message and the
+/// bytes consumed, `Ok(None)` if more bytes are needed.
+pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Message, usize)>, CodecError> {
+    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > max_frame {
+        return Err(CodecError::TooLarge { len, max: max_frame });
+    }
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+    let (msg, rest) =
+        postcard::take_from_bytes::<Message>(payload).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(Some((msg, HEADER_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{Hello, Mode, Role, MAGIC, PROTOCOL_VERSION};
+    use crate::version::NodeId;
+    use proptest::prelude::*;
+
+    fn hello() -> Message {
+        Message::Hello(Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster: "c".into(),
+            node: NodeId(7),
+            role: Role::Peer,
+            mode: Mode::Sync,
+            policy: 1,
+        })
+    }
+
+    #[test]
+    fn roundtrip_and_partial_frames() {
+        let mut buf = Vec::new();
+        let n = encode(&hello(), &mut buf);
+        encode(&Message::Ack { id: 9 }, &mut buf);
+        for cut in 0..n {
+            assert_eq!(decode(&buf[..cut], DEFAULT_MAX_FRAME), Ok(None));
+        }
+        let (m, used) = decode(&buf, DEFAULT_MAX_FRAME).expect("ok").expect("frame");
+        assert_eq!((m, used), (hello(), n));
+        let (m, _) = decode(&buf[n..], DEFAULT_MAX_FRAME).expect("ok").expect("frame");
+        assert_eq!(m, Message::Ack { id: 9 });
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let buf = [0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(decode(&buf, 1024), Err(CodecError::TooLarge { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes, 1 << 20);
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! One connection between two nodes as a state machine: handshake, then a
+//! sending half and/or a receiving half depending on both sides' modes,
+//! plus keep-alives and timeouts. Fed by the runtime, never does IO.
+
+use super::message::{CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use super::receiver::RecvHalf;
+use super::sender::{SendHalf, SendLimits};
+use crate::storage::{Commit, Db};
+use crate::version::NodeId;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Settings of a link.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Cluster name; peers with another name are refused.
+    pub cluster: String,
+    /// What this side wants on the link.
+    pub mode: Mode,
+    /// Unacknowledged batches in flight (default 16).
+    pub window: u64,
+    /// Soft cap on one batch's size in bytes (default 256 KiB).
+    pub batch_bytes: usize,
+    /// Cap on records per batch (default 4096).
+    pub batch_items: usize,
+    /// Feed commits queued while the window is full before falling back to a
+    /// new catch-up (default 1024).
+    pub queue: usize,
+    /// Send a ping after this much silence, ms (default 5 000).
+    pub ping_ms: u64,
+    /// Close after hearing nothing for this long, ms (default 30 000).
+    pub idle_timeout_ms: u64,
+    /// Close if the handshake is not done within this, ms (default 10 000).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            cluster: "meshkv".into(),
+            mode: Mode::Sync,
+            window: 16,
+            batch_bytes: 256 * 1024,
+            batch_items: 4096,
+            queue: 1024,
+            ping_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Something the runtime may want to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The handshake succeeded.
+    Connected {
+        /// The peer's node id.
+        peer: NodeId,
+    },
+    /// We received and applied a complete catch-up from the peer.
+    CaughtUp {
+        /// The peer's node id.
+        peer: NodeId,
+    },
+    /// The link is closed; the runtime should drop the connection.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Whether the peer closed it (`false`: we did).
+        by_peer: bool,
+    },
+}
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The peer broke the protocol; the link is closed, nothing from the
+    /// offending message was applied.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The local store failed; the link is closed.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::Error),
+}
+
+enum State {
+    Handshake,
+    Open,
+    Closed,
+}
+
+/// The protocol state of one connection.
+pub struct Link {
+    db: Db,
+    cfg: LinkConfig,
+    state: State,
+    peer: Option<NodeId>,
+    send: Option<SendHalf>,
+    recv: Option<RecvHalf>,
+    outbox: VecDeque<Message>,
+    events: VecDeque<LinkEvent>,
+    started_ms: u64,
+    last_heard_ms: u64,
+    last_sent_ms: u64,
+}
+
+impl Link {
+    /// A new link on a fresh connection; queues our `Hello`.
+    pub fn new(db: Db, cfg: LinkConfig, now_ms: u64) -> Self {
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster: cfg.cluster.clone(),
+            node: db.node_id(),
+            role: Role::Peer,
+            mode: cfg.mode,
+            policy: db.options().policy.fingerprint(),
+        };
+        let mut link = Link {
+            db,
+            cfg,
+            state: State::Handshake,
+            peer: None,
+            send: None,
+            recv: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            started_ms: now_ms,
+            last_heard_ms: now_ms,
+            last_sent_ms: now_ms,
+        };
+        link.outbox.push_back(Message::Hello(hello));
+        link
+    }
+
+    /// The peer's node id, once the handshake is done.
+    pub fn peer(&self) -> Option<NodeId> {
+        self.peer
+    }
+
+    /// Whether the link is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether our sending half finished its first catch-up (or we do not send).
+    pub fn is_sender_live(&self) -> bool {
+        self.send.as_ref().is_none_or(SendHalf::is_live)
+    }
+
+    /// Records sent and received on this link.
+    pub fn item_counts(&self) -> (u64, u64) {
+        (self.send.as_ref().map_or(0, |s| s.sent_items), self.recv.as_ref().map_or(0, |r| r.received_items))
+    }
+
+    /// Handles one message from the peer.
+    pub fn handle_message(&mut self, msg: Message, now_ms: u64) -> Result<(), LinkError> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        self.last_heard_ms = now_ms;
+        let result = self.dispatch(msg);
+        if let Err(e) = &result {
+            let reason = match e {
+                LinkError::Protocol(_) => CloseReason::ProtocolError,
+                LinkError::Storage(_) => CloseReason::StorageError,
+            };
+            self.close(reason);
+        }
+        result
+    }
+
+    fn dispatch(&mut self, msg: Message) -> Result<(), LinkError> {
+        match (&self.state, msg) {
+            (_, Message::Close { reason }) => {
+                self.state = State::Closed;
+                self.events.push_back(LinkEvent::Closed { reason, by_peer: true });
+                Ok(())
+            }
+            (State::Handshake, Message::Hello(hello)) => self.on_hello(hello),
+            (State::Handshake, other) => Err(LinkError::Protocol(format!("{} before hello", other.kind()))),
+            (State::Open, Message::Hello(_)) => Err(LinkError::Protocol("second hello".into())),
+            (State::Open, Message::Ping) => Ok(()),
+            (State::Open, Message::Digest { vv, resume }) => {
+                let send = self.send.as_mut().ok_or_else(|| LinkError::Protocol("digest to a non-sender".into()))?;
+                let start = send.on_digest(&self.db, vv, resume)?;
+                self.outbox.push_back(start);
+                Ok(())
+            }
+            (State::Open, Message::Ack { id }) => {
+                let send = self.send.as_mut().ok_or_else(|| LinkError::Protocol("ack to a non-sender".into()))?;
+                send.on_ack(id);
+                Ok(())
+            }
+            (State::Open, msg) => {
+                let peer = self.peer.unwrap_or(NodeId(0));
+                let recv = self
+                    .recv
+                    .as_mut()
+                    .ok_or_else(|| LinkError::Protocol(format!("{} to a non-receiver", msg.kind())))?;
+                let reply = recv.on_message(&self.db, msg).map_err(LinkError::Protocol)?;
+                if let Some(id) = reply.ack {
+                    self.outbox.push_back(Message::Ack { id });
+                }
+                if reply.caught_up {
+                    self.events.push_back(LinkEvent::CaughtUp { peer });
+                }
+                Ok(())
+            }
+            (State::Closed, _) => Ok(()),
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello) -> Result<(), LinkError> {
+        let refuse = |me: &mut Link, reason: CloseReason, why: String| {
+            me.close(reason);
+            Err(LinkError::Protocol(why))
+        };
+        if hello.magic != MAGIC {
+            return refuse(self, CloseReason::ProtocolError, "bad magic".into());
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return refuse(self, CloseReason::VersionMismatch, format!("protocol version {}", hello.version));
+        }
+        if hello.cluster != self.cfg.cluster {
+            return refuse(self, CloseReason::WrongCluster, format!("cluster {:?}", hello.cluster));
+        }
+        if hello.node == self.db.node_id() {
+            return refuse(self, CloseReason::SelfConnection, "connected to itself".into());
+        }
+        if hello.policy != self.db.options().policy.fingerprint() {
+            return refuse(self, CloseReason::PolicyMismatch, "different conflict policy".into());
+        }
+        if hello.role != Role::Peer {
+            return refuse(self, CloseReason::ProtocolError, "not a peer".into());
+        }
+        let peer = hello.node;
+        self.peer = Some(peer);
+        self.state = State::Open;
+        self.events.push_back(LinkEvent::Connected { peer });
+        if self.cfg.mode.sends() && hello.mode.receives() {
+            let limits = SendLimits {
+                window: self.cfg.window.max(1),
+                batch_bytes: self.cfg.batch_bytes,
+                batch_items: self.cfg.batch_items.max(1),
+                queue: self.cfg.queue,
+            };
+            self.send = Some(SendHalf::new(peer, limits));
+        }
+        if self.cfg.mode.receives() && hello.mode.sends() {
+            let recv = RecvHalf::new(peer);
+            self.outbox.push_back(recv.digest(&self.db)?);
+            self.recv = Some(recv);
+        }
+        Ok(())
+    }
+
+    /// Hands the link a commit from the local change feed. The runtime must
+    /// subscribe before creating the link and pass every commit in order.
+    pub fn handle_commit(&mut self, commit: Arc<Commit>) {
+        if let Some(send) = self.send.as_mut() {
+            send.on_commit(commit);
+        }
+    }
+
+    /// The feed dropped commits before they reached this link.
+    pub fn handle_feed_lagged(&mut self) {
+        if let Some(send) = self.send.as_mut() {
+            send.on_feed_lagged();
+        }
+    }
+
+    /// Advances timers: keep-alives and timeouts.
+    pub fn handle_tick(&mut self, now_ms: u64) {
+        if self.is_closed() {
+            return;
+        }
+        let handshake_late = matches!(self.state, State::Handshake)
+            && now_ms.saturating_sub(self.started_ms) > self.cfg.handshake_timeout_ms;
+        if handshake_late || now_ms.saturating_sub(self.last_heard_ms) > self.cfg.idle_timeout_ms {
+            self.close(CloseReason::Timeout);
+            return;
+        }
+        if matches!(self.state, State::Open) && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.ping_ms {
+            self.outbox.push_back(Message::Ping);
+        }
+    }
+
+    /// The next message to send, if any. Produces catch-up and live batches
+    /// as the window allows.
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Result<Option<Message>, LinkError> {
+        if self.outbox.is_empty() && matches!(self.state, State::Open) {
+            if let Some(send) = self.send.as_mut() {
+                match send.poll(&self.db) {
+                    Ok(Some(msg)) => self.outbox.push_back(msg),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.close(CloseReason::StorageError);
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        let msg = self.outbox.pop_front();
+        if msg.is_some() {
+            self.last_sent_ms = now_ms;
+        }
+        Ok(msg)
+    }
+
+    /// The next event for the runtime, if any.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// Closes the link, queueing a `Close` for the peer.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        self.state = State::Closed;
+        self.outbox.clear();
+        self.outbox.push_back(Message::Close { reason });
+        self.events.push_back(LinkEvent::Closed { reason, by_peer: false });
+    }
+}

@@ -1,0 +1,175 @@
+//! Protocol messages: the versioned vocabulary two nodes speak.
+
+use crate::storage::Record;
+use crate::version::{Dot, NodeId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+/// Magic bytes that open every handshake.
+pub const MAGIC: [u8; 4] = *b"MKV1";
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Which way data flows on a link, as seen by the node that configures it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Mode {
+    /// Send and receive.
+    #[default]
+    Sync,
+    /// Only send our data to the peer.
+    Push,
+    /// Only receive the peer's data.
+    Pull,
+}
+
+impl Mode {
+    /// Whether this side sends its data.
+    pub fn sends(self) -> bool {
+        matches!(self, Mode::Sync | Mode::Push)
+    }
+
+    /// Whether this side accepts the peer's data.
+    pub fn receives(self) -> bool {
+        matches!(self, Mode::Sync | Mode::Pull)
+    }
+}
+
+/// What kind of endpoint opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A replicating node.
+    Peer,
+    /// A remote client (not a replica).
+    Client,
+}
+
+/// The first message on every connection, in both directions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`MAGIC`].
+    pub magic: [u8; 4],
+    /// Protocol version of the sender.
+    pub version: u16,
+    /// Cluster name; nodes of different clusters refuse each other.
+    pub cluster: String,
+    /// The sender's node id.
+    pub node: NodeId,
+    /// Replica or client.
+    pub role: Role,
+    /// What the sender wants on this link.
+    pub mode: Mode,
+    /// Fingerprint of the conflict policy; must match the peer's.
+    pub policy: u64,
+}
+
+/// One key's record in a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// The user key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Its record at the sender.
+    pub record: Record,
+}
+
+/// Why a connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Orderly shutdown.
+    Shutdown,
+    /// The peer is this node itself.
+    SelfConnection,
+    /// Another connection to the same peer is kept instead.
+    Duplicate,
+    /// Different cluster name.
+    WrongCluster,
+    /// Different conflict policy.
+    PolicyMismatch,
+    /// Unsupported protocol version.
+    VersionMismatch,
+    /// The peer broke the protocol.
+    ProtocolError,
+    /// Nothing was heard from the peer for too long.
+    Timeout,
+    /// The local store failed.
+    StorageError,
+}
+
+/// Every message after the byte-level framing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// Handshake; see [`Hello`].
+    Hello(Hello),
+    /// "This is what I cover; send me what I lack." Sent by a receiving side.
+    /// `resume` continues an interrupted catch-up from this sender.
+    Digest {
+        /// The receiver's version vector.
+        vv: VersionVector,
+        /// Resume point of an interrupted catch-up, if any.
+        resume: Option<VersionVector>,
+    },
+    /// Start of a catch-up read from one snapshot of the sender.
+    CatchUpStart {
+        /// The version vector the catch-up starts from (what the receiver
+        /// is assumed to cover).
+        since: VersionVector,
+        /// The sender's version vector at that snapshot.
+        snapshot: VersionVector,
+    },
+    /// A batch of catch-up records, in change-log order.
+    CatchUp {
+        /// Batch number, for acknowledgements.
+        id: u64,
+        /// The records.
+        items: Vec<Item>,
+        /// Log position of the last record (the resume point).
+        position: Option<Dot>,
+    },
+    /// The catch-up is complete: the receiver now covers `vv`.
+    CaughtUp {
+        /// Batch number.
+        id: u64,
+        /// The snapshot's version vector.
+        vv: VersionVector,
+    },
+    /// Live changes committed after the snapshot, with the sender's version
+    /// vector after them (a gapless continuation of the catch-up).
+    Live {
+        /// Batch number.
+        id: u64,
+        /// The records.
+        items: Vec<Item>,
+        /// The sender's version vector after these commits.
+        vv: VersionVector,
+    },
+    /// The receiver has durably applied every batch up to `id`.
+    Ack {
+        /// Highest batch number applied.
+        id: u64,
+    },
+    /// Keep-alive.
+    Ping,
+    /// The sender closes the connection.
+    Close {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+impl Message {
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Digest { .. } => "digest",
+            Message::CatchUpStart { .. } => "catch-up-start",
+            Message::CatchUp { .. } => "catch-up",
+            Message::CaughtUp { .. } => "caught-up",
+            Message::Live { .. } => "live",
+            Message::Ack { .. } => "ack",
+            Message::Ping => "ping",
+            Message::Close { .. } => "close",
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The replication protocol: messages, framing and the per-connection state
+//! machine. Nothing here does IO: the node runtime (over TCP) and the
+//! deterministic simulation (over an in-memory network) drive the same code
+//! by feeding it messages, feed commits and clock ticks, and sending what it
+//! queues.
+
+pub mod codec;
+mod link;
+pub mod message;
+mod receiver;
+mod sender;
+
+pub use link::{Link, LinkConfig, LinkError, LinkEvent};
+pub use message::{CloseReason, Hello, Item, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};

@@ -1,0 +1,189 @@
+//! The sending half of a link: a catch-up from one snapshot, then a gapless
+//! live stream of commits, under a window of unacknowledged batches.
+
+use super::message::{Item, Message};
+use crate::storage::{ChangesSince, Commit, Db};
+use crate::version::{NodeId, VersionVector};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Limits that keep one link's memory bounded.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendLimits {
+    /// Unacknowledged batches in flight.
+    pub window: u64,
+    /// Soft cap on the encoded size of one batch.
+    pub batch_bytes: usize,
+    /// Cap on records per batch.
+    pub batch_items: usize,
+    /// Feed commits queued while the window is full; beyond this the link
+    /// falls back to a new catch-up.
+    pub queue: usize,
+}
+
+enum Phase {
+    /// Waiting for the peer's digest.
+    Idle,
+    /// Streaming a snapshot.
+    CatchingUp(Box<ChangesSince>),
+    /// Forwarding commits.
+    Live,
+}
+
+pub(crate) struct SendHalf {
+    peer: NodeId,
+    limits: SendLimits,
+    phase: Phase,
+    next_id: u64,
+    acked: u64,
+    /// Commits at or below this id are contained in the current snapshot.
+    snapshot_commit: u64,
+    queue: VecDeque<Arc<Commit>>,
+    /// The queue overflowed: the live stream has a gap.
+    lagged: bool,
+    /// The version vector the peer covers once it has applied everything
+    /// sent so far.
+    peer_vv: VersionVector,
+    /// Records sent (for stats and tests).
+    pub sent_items: u64,
+}
+
+impl SendHalf {
+    pub fn new(peer: NodeId, limits: SendLimits) -> Self {
+        SendHalf {
+            peer,
+            limits,
+            phase: Phase::Idle,
+            next_id: 1,
+            acked: 0,
+            snapshot_commit: 0,
+            queue: VecDeque::new(),
+            lagged: false,
+            peer_vv: VersionVector::new(),
+            sent_items: 0,
+        }
+    }
+
+    /// Whether the initial catch-up finished and the stream is live.
+    pub fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Live)
+    }
+
+    /// The peer asked for what it lacks.
+    pub fn on_digest(&mut self, db: &Db, vv: VersionVector, resume: Option<VersionVector>) -> crate::Result<Message> {
+        let mut since = vv;
+        if let Some(r) = resume {
+            since.join(&r);
+        }
+        self.start_catch_up(db, since)
+    }
+
+    fn start_catch_up(&mut self, db: &Db, since: VersionVector) -> crate::Result<Message> {
+        let changes = db.snapshot().changes_since(&since)?;
+        self.snapshot_commit = changes.commit_id();
+        let snapshot = changes.version_vector().clone();
+        self.queue.retain(|c| c.id > self.snapshot_commit);
+        self.lagged = false;
+        self.phase = Phase::CatchingUp(Box::new(changes));
+        Ok(Message::CatchUpStart { since, snapshot })
+    }
+
+    pub fn on_commit(&mut self, commit: Arc<Commit>) {
+        if matches!(self.phase, Phase::Idle) {
+            // The first snapshot, taken later, will contain it.
+            return;
+        }
+        if commit.id <= self.snapshot_commit || self.lagged {
+            return;
+        }
+        if self.queue.len() >= self.limits.queue {
+            self.queue.clear();
+            self.lagged = true;
+            return;
+        }
+        self.queue.push_back(commit);
+    }
+
+    /// The feed itself dropped commits for this link.
+    pub fn on_feed_lagged(&mut self) {
+        self.queue.clear();
+        self.lagged = true;
+    }
+
+    pub fn on_ack(&mut self, id: u64) {
+        self.acked = self.acked.max(id.min(self.next_id - 1));
+    }
+
+    /// The next message to send, if the window allows and there is data.
+    pub fn poll(&mut self, db: &Db) -> crate::Result<Option<Message>> {
+        if self.next_id - self.acked > self.limits.window {
+            return Ok(None);
+        }
+        match &mut self.phase {
+            Phase::Idle => Ok(None),
+            Phase::CatchingUp(changes) => {
+                let mut items = Vec::new();
+                let mut bytes = 0;
+                while items.len() < self.limits.batch_items && bytes < self.limits.batch_bytes {
+                    let Some(next) = changes.next() else { break };
+                    let (key, record) = next?;
+                    bytes += key.len() + record.encoded_len_hint();
+                    items.push(Item { key, record });
+                }
+                if items.is_empty() {
+                    let vv = changes.version_vector().clone();
+                    self.phase = Phase::Live;
+                    self.peer_vv.join(&vv);
+                    return Ok(Some(Message::CaughtUp { id: self.take_id(), vv }));
+                }
+                self.sent_items += items.len() as u64;
+                let position = changes.log_position();
+                Ok(Some(Message::CatchUp { id: self.take_id(), items, position }))
+            }
+            Phase::Live => {
+                if self.lagged {
+                    let since = self.peer_vv.clone();
+                    return self.start_catch_up(db, since).map(Some);
+                }
+                Ok(self.live_batch())
+            }
+        }
+    }
+
+    /// Coalesces queued commits into one batch.
+    fn live_batch(&mut self) -> Option<Message> {
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        let mut vv = None;
+        while let Some(commit) = self.queue.front() {
+            if !items.is_empty()
+                && (items.len() + commit.changes.len() > self.limits.batch_items || bytes >= self.limits.batch_bytes)
+            {
+                break;
+            }
+            let commit = self.queue.pop_front()?;
+            for change in &commit.changes {
+                // The peer has its own writes (or what superseded them).
+                if change.record.dots().all(|d| d.origin == self.peer) {
+                    continue;
+                }
+                bytes += change.key.len() + change.record.encoded_len_hint();
+                items.push(Item { key: change.key.clone(), record: change.record.clone() });
+            }
+            vv = Some(commit.vv.clone());
+        }
+        let vv = vv?;
+        if items.is_empty() && self.peer_vv.dominates(&vv) {
+            return None;
+        }
+        self.sent_items += items.len() as u64;
+        self.peer_vv.join(&vv);
+        Some(Message::Live { id: self.take_id(), items, vv })
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
