@@ -6,7 +6,6 @@ use meshkv::storage::{FeedError, Subscription};
 use meshkv::{Db, KeyRange, Options};
 
 struct End {
-    db: Db,
     sub: Subscription,
     link: Link,
     bytes_out: usize,
@@ -16,7 +15,7 @@ impl End {
     fn new(db: &Db, mode: Mode) -> End {
         let sub = db.subscribe(KeyRange::all());
         let link = Link::new(db.clone(), LinkConfig { mode, batch_items: 64, window: 4, ..LinkConfig::default() }, 0);
-        End { db: db.clone(), sub, link, bytes_out: 0 }
+        End { sub, link, bytes_out: 0 }
     }
 
     fn pump_feed(&mut self) {
