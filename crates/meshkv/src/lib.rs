@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod node;
 pub mod protocol;
 pub mod storage;
 pub mod version;

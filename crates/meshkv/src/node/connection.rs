@@ -1,0 +1,207 @@
+//! Drives one [`Link`] over one TCP connection: a reader task decodes
+//! frames into a bounded channel; the link task multiplexes incoming
+//! messages, local commits, timer ticks and socket writes, so neither
+//! direction can stall the other.
+
+use super::registry::{Claim, Registry};
+use super::NodeEvent;
+use crate::protocol::{codec, CloseReason, Link, LinkConfig, LinkEvent, Message};
+use crate::storage::{Db, FeedError};
+use crate::KeyRange;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// Everything a connection task needs from its node.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub events: broadcast::Sender<NodeEvent>,
+    pub shutdown: watch::Receiver<bool>,
+    pub max_frame: usize,
+    pub started: Instant,
+}
+
+impl ConnCtx {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// How a connection ended.
+pub(crate) struct Ended {
+    pub peer: Option<crate::NodeId>,
+    pub reason: Option<CloseReason>,
+    /// Whether the handshake completed.
+    pub handshaken: bool,
+}
+
+/// Runs the link until it closes. `dialed` says whether we opened it.
+pub(crate) async fn run(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, dialed: bool) -> Ended {
+    let _ = stream.set_nodelay(true);
+    let conn = ctx.registry.new_connection(addr);
+    let ended = drive(&ctx, stream, addr, cfg, dialed, conn).await;
+    ctx.registry.release(conn);
+    if let Some(peer) = ended.peer {
+        let _ = ctx.events.send(NodeEvent::Disconnected { peer, addr, reason: ended.reason });
+    }
+    ended
+}
+
+async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, dialed: bool, conn: u64) -> Ended {
+    let tick_ms = cfg.ping_ms.clamp(10, 1_000);
+    // Subscribe before the link exists so no commit after its snapshot is missed.
+    let mut feed = ctx.db.subscribe(KeyRange::all());
+    let mut link = Link::new(ctx.db.clone(), cfg, ctx.now_ms());
+    let (read_half, mut write_half) = stream.into_split();
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, String>>(64);
+    let reader = tokio::spawn(read_frames(read_half, in_tx, ctx.max_frame));
+    let (close_tx, mut close_rx) = oneshot::channel::<()>();
+    let mut close_tx = Some(close_tx);
+    let mut shutdown = ctx.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+    let mut out = Vec::new();
+    let mut written = 0;
+    let mut ended = Ended { peer: None, reason: None, handshaken: false };
+    let mut peer_gone = false;
+    if *shutdown.borrow() {
+        link.close(CloseReason::Shutdown);
+    }
+
+    loop {
+        // Queue what the link has to say (bounded by its window).
+        if written == out.len() {
+            out.clear();
+            written = 0;
+            while out.len() < 1 << 20 {
+                match link.poll_transmit(ctx.now_ms()) {
+                    Ok(Some(msg)) => {
+                        codec::encode(&msg, &mut out);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "link failed");
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(ev) = link.poll_event() {
+            match ev {
+                LinkEvent::Connected { peer } => {
+                    ended.peer = Some(peer);
+                    ended.handshaken = true;
+                    if dialed {
+                        ctx.registry.learn(addr, peer);
+                    }
+                    let closer = close_tx.take().unwrap_or_else(|| oneshot::channel().0);
+                    match ctx.registry.claim(ctx.db.node_id(), peer, conn, dialed, closer) {
+                        Claim::Keep => {
+                            tracing::info!(%addr, %peer, "peer connected");
+                            let _ = ctx.events.send(NodeEvent::Connected { peer, addr });
+                        }
+                        Claim::Duplicate => link.close(CloseReason::Duplicate),
+                    }
+                }
+                LinkEvent::CaughtUp { peer } => {
+                    ctx.registry.set_live(conn);
+                    tracing::info!(%addr, %peer, "caught up");
+                    let _ = ctx.events.send(NodeEvent::CaughtUp { peer });
+                }
+                LinkEvent::Closed { reason, by_peer } => {
+                    ended.reason = Some(reason);
+                    if by_peer {
+                        peer_gone = true;
+                    }
+                    match reason {
+                        CloseReason::SelfConnection if dialed => ctx.registry.mark_self(addr),
+                        CloseReason::Shutdown | CloseReason::Duplicate | CloseReason::SelfConnection => {}
+                        other => tracing::warn!(%addr, ?other, by_peer, "link closed"),
+                    }
+                }
+            }
+        }
+        if link.is_closed() {
+            // Flush what is queued (the Close frame at least), briefly.
+            while let Ok(Some(msg)) = link.poll_transmit(ctx.now_ms()) {
+                codec::encode(&msg, &mut out);
+            }
+            if !peer_gone {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = write_half.write_all(&out[written..]).await;
+                    let _ = write_half.shutdown().await;
+                })
+                .await;
+            }
+            break;
+        }
+        let (sent, received) = link.item_counts();
+        ctx.registry.set_counts(conn, sent, received);
+
+        tokio::select! {
+            biased;
+            _ = &mut close_rx => link.close(CloseReason::Duplicate),
+            _ = shutdown.changed() => link.close(CloseReason::Shutdown),
+            res = write_half.write(&out[written..]), if written < out.len() => match res {
+                Ok(0) | Err(_) => { peer_gone = true; link.close(CloseReason::Shutdown); }
+                Ok(n) => written += n,
+            },
+            msg = in_rx.recv() => match msg {
+                Some(Ok(msg)) => {
+                    if let Err(e) = link.handle_message(msg, ctx.now_ms()) {
+                        tracing::warn!(%addr, error = %e, "closing connection");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%addr, error = %e, "bad input, closing connection");
+                    link.close(CloseReason::ProtocolError);
+                }
+                None => {
+                    peer_gone = true;
+                    link.close(CloseReason::Shutdown);
+                }
+            },
+            commit = feed.recv_commit() => match commit {
+                Ok(c) => link.handle_commit(c),
+                Err(FeedError::Lagged { .. }) => link.handle_feed_lagged(),
+                Err(_) => link.close(CloseReason::Shutdown),
+            },
+            _ = tick.tick() => link.handle_tick(ctx.now_ms()),
+        }
+    }
+    reader.abort();
+    ended
+}
+
+/// Reads frames until EOF or an error; malformed input ends the stream with
+/// an error message.
+async fn read_frames(mut rd: OwnedReadHalf, tx: mpsc::Sender<Result<Message, String>>, max_frame: usize) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            match codec::decode(&buf, max_frame) {
+                Ok(Some((msg, used))) => {
+                    buf.drain(..used);
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            }
+        }
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

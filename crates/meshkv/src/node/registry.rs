@@ -1,0 +1,175 @@
+//! Shared bookkeeping of a node's connections: one live link per peer,
+//! status for operators, and the addresses that turned out to be ourselves.
+
+use crate::protocol::Mode;
+use crate::version::NodeId;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+/// Lifecycle of a peer as shown by [`Node::peers`](super::Node::peers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Dialing or waiting to redial.
+    Connecting,
+    /// Handshake done; catch-up running.
+    Connected,
+    /// Caught up; changes flow live.
+    Live,
+}
+
+/// One peer as seen from this node.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    /// Address we dial or that dialed us.
+    pub addr: SocketAddr,
+    /// The peer's node id, once known.
+    pub node_id: Option<NodeId>,
+    /// Current state.
+    pub state: PeerState,
+    /// Records sent and received over the current connection.
+    pub sent: u64,
+    /// Records received over the current connection.
+    pub received: u64,
+}
+
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_conn: u64,
+    /// Live links by peer: connection id, whether we dialed it, closer.
+    links: HashMap<NodeId, (u64, bool, Option<oneshot::Sender<()>>)>,
+    status: HashMap<u64, PeerStatus>,
+    /// Static peers and their modes.
+    dial: HashMap<SocketAddr, Mode>,
+    /// Addresses that led back to this node.
+    own_addrs: HashSet<SocketAddr>,
+    /// Peer id learned for a dialed address.
+    addr_ids: HashMap<SocketAddr, NodeId>,
+}
+
+/// Outcome of registering a freshly handshaken connection.
+pub(crate) enum Claim {
+    /// This connection is the peer's link.
+    Keep,
+    /// Another connection to the same peer wins; close this one.
+    Duplicate,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry { inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn new_connection(&self, addr: SocketAddr) -> u64 {
+        let mut g = self.lock();
+        g.next_conn += 1;
+        let id = g.next_conn;
+        g.status.insert(id, PeerStatus { addr, node_id: None, state: PeerState::Connecting, sent: 0, received: 0 });
+        id
+    }
+
+    /// Registers `conn` as the link to `peer`. Of two connections between the
+    /// same pair, both sides keep the one dialed by the smaller node id.
+    pub fn claim(&self, me: NodeId, peer: NodeId, conn: u64, dialed: bool, closer: oneshot::Sender<()>) -> Claim {
+        let mut g = self.lock();
+        if let Some(s) = g.status.get_mut(&conn) {
+            s.node_id = Some(peer);
+            s.state = PeerState::Connected;
+        }
+        let dialer_of = |we_dialed: bool| if we_dialed { me } else { peer };
+        let new_dialer = dialer_of(dialed);
+        let keep_new = match g.links.get(&peer) {
+            None => true,
+            // A newer connection from the same dialer replaces a stale one;
+            // between crossing dials, the smaller dialer's wins.
+            Some(&(_, old_dialed, _)) => {
+                let old_dialer = dialer_of(old_dialed);
+                old_dialer == new_dialer || new_dialer < old_dialer
+            }
+        };
+        if !keep_new {
+            return Claim::Duplicate;
+        }
+        if let Some((_, _, Some(close_old))) = g.links.insert(peer, (conn, dialed, Some(closer))) {
+            let _ = close_old.send(());
+        }
+        Claim::Keep
+    }
+
+    pub fn set_live(&self, conn: u64) {
+        if let Some(s) = self.lock().status.get_mut(&conn) {
+            s.state = PeerState::Live;
+        }
+    }
+
+    pub fn set_counts(&self, conn: u64, sent: u64, received: u64) {
+        if let Some(s) = self.lock().status.get_mut(&conn) {
+            s.sent = sent;
+            s.received = received;
+        }
+    }
+
+    pub fn release(&self, conn: u64) {
+        let mut g = self.lock();
+        g.status.remove(&conn);
+        g.links.retain(|_, (c, _, _)| *c != conn);
+    }
+
+    pub fn is_linked(&self, peer: NodeId) -> bool {
+        self.lock().links.contains_key(&peer)
+    }
+
+    pub fn statuses(&self) -> Vec<PeerStatus> {
+        let mut v: Vec<_> = self.lock().status.values().cloned().collect();
+        v.sort_by_key(|s| (s.addr, s.node_id));
+        v
+    }
+
+    pub fn mark_self(&self, addr: SocketAddr) {
+        self.lock().own_addrs.insert(addr);
+    }
+
+    pub fn is_self(&self, addr: SocketAddr) -> bool {
+        self.lock().own_addrs.contains(&addr)
+    }
+
+    pub fn learn(&self, addr: SocketAddr, peer: NodeId) {
+        self.lock().addr_ids.insert(addr, peer);
+    }
+
+    /// The peer id behind a dialed address, if a handshake told us.
+    pub fn known_id(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.lock().addr_ids.get(&addr).copied()
+    }
+
+    pub fn set_dial(&self, addr: SocketAddr, mode: Option<Mode>) {
+        let mut g = self.lock();
+        match mode {
+            Some(m) => g.dial.insert(addr, m),
+            None => g.dial.remove(&addr),
+        };
+    }
+
+    /// The mode to dial `addr` with, or `None` if it was removed.
+    pub fn dial_mode(&self, addr: SocketAddr) -> Option<Mode> {
+        self.lock().dial.get(&addr).copied()
+    }
+
+    /// Closes every live link (shutdown).
+    pub fn close_all(&self) {
+        for (_, (_, _, closer)) in self.lock().links.iter_mut() {
+            if let Some(c) = closer.take() {
+                let _ = c.send(());
+            }
+        }
+    }
+}
