@@ -59,7 +59,7 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
     let mut feed = ctx.db.subscribe(KeyRange::all());
     let mut link = Link::new(ctx.db.clone(), cfg, ctx.now_ms());
     let (read_half, mut write_half) = stream.into_split();
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, String>>(64);
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, String>>(16);
     let reader = tokio::spawn(read_frames(read_half, in_tx, ctx.max_frame));
     let (close_tx, mut close_rx) = oneshot::channel::<()>();
     let mut close_tx = Some(close_tx);
@@ -86,6 +86,7 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(%addr, error = %e, "link failed");
+                        let _ = ctx.events.send(NodeEvent::Error { addr, message: e.to_string() });
                         break;
                     }
                 }
@@ -155,10 +156,12 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
                 Some(Ok(msg)) => {
                     if let Err(e) = link.handle_message(msg, ctx.now_ms()) {
                         tracing::warn!(%addr, error = %e, "closing connection");
+                        let _ = ctx.events.send(NodeEvent::Error { addr, message: e.to_string() });
                     }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(%addr, error = %e, "bad input, closing connection");
+                    let _ = ctx.events.send(NodeEvent::Error { addr, message: e.clone() });
                     link.close(CloseReason::ProtocolError);
                 }
                 None => {
@@ -182,12 +185,13 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
 /// an error message.
 async fn read_frames(mut rd: OwnedReadHalf, tx: mpsc::Sender<Result<Message, String>>, max_frame: usize) {
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut start = 0;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         loop {
-            match codec::decode(&buf, max_frame) {
+            match codec::decode(&buf[start..], max_frame) {
                 Ok(Some((msg, used))) => {
-                    buf.drain(..used);
+                    start += used;
                     if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
@@ -199,6 +203,8 @@ async fn read_frames(mut rd: OwnedReadHalf, tx: mpsc::Sender<Result<Message, Str
                 }
             }
         }
+        buf.drain(..start);
+        start = 0;
         match rd.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),

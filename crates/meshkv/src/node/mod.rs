@@ -10,7 +10,7 @@ mod registry;
 pub use registry::{PeerState, PeerStatus};
 
 use crate::protocol::{codec, CloseReason, LinkConfig, Mode};
-use crate::storage::Db;
+use crate::storage::{Conflict, Db, FeedError};
 use crate::version::NodeId;
 use connection::ConnCtx;
 use registry::Registry;
@@ -72,6 +72,21 @@ pub enum NodeEvent {
     CaughtUp {
         /// The peer's id.
         peer: NodeId,
+    },
+    /// Concurrent writes to `key` were settled (local or replicated merge).
+    Conflict {
+        /// The key.
+        key: Vec<u8>,
+        /// Winner and losers.
+        conflict: Conflict,
+    },
+    /// A link failed because of bad input or a local storage error; the
+    /// connection was closed, the node keeps serving.
+    Error {
+        /// The remote address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
     },
     /// A link to `peer` went down.
     Disconnected {
@@ -138,6 +153,7 @@ impl Node {
             tracing::info!(addr = ?local_addr, node = %node.db.node_id(), "listening");
             node.tasks.spawn(accept_loop(listener, node.ctx.clone(), cfg.clone()));
         }
+        node.tasks.spawn(forward_conflicts(node.db.clone(), node.events.clone(), node.ctx.shutdown.clone()));
         for (addr, mode) in cfg.peers {
             node.add_peer(addr, mode);
         }
@@ -197,6 +213,30 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         self.tasks.abort_all();
+    }
+}
+
+/// Republishes conflicts from the change feed as node events.
+async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shutdown: watch::Receiver<bool>) {
+    let mut feed = db.subscribe(crate::KeyRange::all());
+    loop {
+        let commit = tokio::select! {
+            c = feed.recv_commit() => c,
+            _ = shutdown.changed() => return,
+        };
+        match commit {
+            Ok(commit) => {
+                for change in &commit.changes {
+                    if let Some(conflict) = &change.conflict {
+                        tracing::debug!(key = ?String::from_utf8_lossy(&change.key), ?conflict, "conflict settled");
+                        let _ =
+                            events.send(NodeEvent::Conflict { key: change.key.clone(), conflict: conflict.clone() });
+                    }
+                }
+            }
+            Err(FeedError::Lagged { missed }) => tracing::warn!(missed, "conflict events dropped: feed lagged"),
+            Err(_) => return,
+        }
     }
 }
 
