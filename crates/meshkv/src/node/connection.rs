@@ -122,7 +122,13 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
                     match reason {
                         CloseReason::SelfConnection if dialed => ctx.registry.mark_self(addr),
                         CloseReason::Shutdown | CloseReason::Duplicate | CloseReason::SelfConnection => {}
-                        other => tracing::warn!(%addr, ?other, by_peer, "link closed"),
+                        other => {
+                            tracing::warn!(%addr, ?other, by_peer, "link closed");
+                            if by_peer {
+                                let message = format!("peer closed the link: {other:?}");
+                                let _ = ctx.events.send(NodeEvent::Error { addr, message });
+                            }
+                        }
                     }
                 }
             }
