@@ -120,3 +120,26 @@ fn node_id_and_sequence_survive_reopen() {
     assert_eq!(db.get("k").expect("get"), Some(b"v".to_vec()));
     assert!(db.put("k", "w").expect("put").seq > seq);
 }
+
+/// Large batches read the old records in parallel; overwrites must still
+/// supersede exactly the right log entries and carry the right context.
+#[test]
+fn large_batch_overwrites_supersede_their_log_entries() {
+    let (_dir, db) = open();
+    let mut first = Batch::new();
+    for i in 0..1000u32 {
+        first.put(i.to_be_bytes(), "v1");
+    }
+    let d1 = db.write(first).expect("write").expect("dot");
+    let mut second = Batch::new();
+    for i in (0..2000u32).step_by(2) {
+        second.put(i.to_be_bytes(), "v2");
+    }
+    db.write(second).expect("write");
+    let report = db.verify().expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.records, report.log_entries), (1500, 1500));
+    let rec = db.get_record(998u32.to_be_bytes()).expect("get").expect("present");
+    assert_eq!(rec.value(), Some(&b"v2"[..]));
+    assert_eq!(rec.winner().deps.get(db.node_id()), d1.seq - 1, "the overwrite saw the first write");
+}

@@ -124,10 +124,10 @@ impl Record {
 
     /// Encodes for storage and the wire.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![RECORD_FORMAT];
+        let mut out = Vec::with_capacity(self.encoded_len_hint() + 8);
+        out.push(RECORD_FORMAT);
         // Serializing plain structs into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(self).unwrap_or_default());
-        out
+        postcard::to_extend(self, out).unwrap_or_else(|_| unreachable!("in-memory encode"))
     }
 
     /// Decodes bytes produced by [`Record::encode`]; `None` if they are not a

@@ -7,11 +7,12 @@ use super::error::{Error, Result};
 use super::feed::{Change, Commit, Source};
 use super::keys;
 use super::options::Durability;
+use super::read::decode;
 use super::record::{Record, Version};
 use crate::version::{Dot, NodeId};
 use fjall::{OwnedWriteBatch, PersistMode};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A set of puts and deletes applied atomically by [`Db::write`]. If a key
 /// appears more than once, its last operation wins.
@@ -86,22 +87,27 @@ impl Db {
         inner.reserve_seqs(&mut w, ops.len() as u64)?;
         let node = inner.node_id;
         let mut batch = inner.batch(ops.len() * 3 + 2);
-        let mut changes = Vec::with_capacity(ops.len());
+        // Nobody can subscribe and snapshot in between: both take this lock.
+        let publish = inner.feed.receiver_count() > 0;
+        let mut changes = Vec::with_capacity(if publish { ops.len() } else { 0 });
         let now = inner.now_ms();
-        for (key, value) in ops {
-            let old = self.get_record(&key)?;
+        let data_keys: Vec<Vec<u8>> = ops.iter().map(|(k, _)| keys::data_key(k)).collect();
+        let olds = self.read_records(&data_keys)?;
+        for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
             let dot = Dot::new(node, w.next_seq);
             w.next_seq += 1;
             let record = Record::single(Version { dot, hlc: w.clock.tick(now), deps, value });
             if let Some(old) = &old {
                 for d in old.dots() {
-                    batch.remove(&inner.log, keys::log_key(d).to_vec());
+                    batch.remove(&inner.log, &keys::log_key(d)[..]);
                 }
             }
-            batch.insert(&inner.log, keys::log_key(dot).to_vec(), key.clone());
-            batch.insert(&inner.data, keys::data_key(&key), record.encode());
-            changes.push(Change { key, record, conflict: None });
+            batch.insert(&inner.log, &keys::log_key(dot)[..], &key[..]);
+            batch.insert(&inner.data, data_key, record.encode());
+            if publish {
+                changes.push(Change { key, record, conflict: None });
+            }
         }
         let last = Dot::new(node, w.next_seq - 1);
         batch.insert(&inner.meta, keys::vv_key(node), keys::u64_value(last.seq).to_vec());
@@ -110,6 +116,38 @@ impl Db {
         w.vv.raise(node, last.seq);
         inner.publish(&mut w, Source::Local, None, changes);
         Ok(Some(last))
+    }
+}
+
+impl Db {
+    /// Reads the current records of (data-keyspace) `keys`. Large batches
+    /// spread the point reads over the available cores: they dominate the
+    /// cost of a write (see BENCHMARKS.md).
+    fn read_records(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Record>>> {
+        const PARALLEL_MIN: usize = 256;
+        let read = |k: &Vec<u8>| -> Result<Option<Record>> {
+            let user = keys::user_key(k);
+            self.inner.data.get(k)?.map(|raw| decode(user, &raw)).transpose()
+        };
+        static THREADS: OnceLock<usize> = OnceLock::new();
+        if keys.len() < PARALLEL_MIN {
+            return keys.iter().map(read).collect();
+        }
+        // Asking the OS reads cgroup files: do it once.
+        let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+        if threads < 2 {
+            return keys.iter().map(read).collect();
+        }
+        let chunk = keys.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> =
+                keys.chunks(chunk).map(|c| s.spawn(move || c.iter().map(read).collect::<Result<Vec<_>>>())).collect();
+            let mut out = Vec::with_capacity(keys.len());
+            for part in parts {
+                out.extend(part.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+            }
+            Ok(out)
+        })
     }
 }
 
