@@ -61,7 +61,7 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
     let (read_half, mut write_half) = stream.into_split();
     let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, String>>(16);
     let reader = tokio::spawn(read_frames(read_half, in_tx, ctx.max_frame));
-    let (close_tx, mut close_rx) = oneshot::channel::<()>();
+    let (close_tx, mut close_rx) = oneshot::channel::<CloseReason>();
     let mut close_tx = Some(close_tx);
     let mut shutdown = ctx.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
@@ -152,7 +152,7 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
 
         tokio::select! {
             biased;
-            _ = &mut close_rx => link.close(CloseReason::Duplicate),
+            reason = &mut close_rx => link.close(reason.unwrap_or(CloseReason::Duplicate)),
             _ = shutdown.changed() => link.close(CloseReason::Shutdown),
             res = write_half.write(&out[written..]), if written < out.len() => match res {
                 Ok(0) | Err(_) => { peer_gone = true; link.close(CloseReason::Shutdown); }

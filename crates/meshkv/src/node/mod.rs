@@ -190,9 +190,13 @@ impl Node {
         self.tasks.spawn(dialer::dial_loop(self.ctx.clone(), self.cfg.clone(), addr));
     }
 
-    /// Stops dialing `addr`; an open link to it stays until it drops.
+    /// Stops dialing `addr` and closes the link to the node behind it.
+    /// (If that node dials us itself, it can still connect.)
     pub fn remove_peer(&mut self, addr: SocketAddr) {
         self.registry.set_dial(addr, None);
+        if let Some(peer) = self.registry.known_id(addr) {
+            self.registry.close_peer(peer);
+        }
     }
 
     /// Stops accepting, closes every link with a `Close`, and waits for

@@ -1,7 +1,7 @@
 //! Shared bookkeeping of a node's connections: one live link per peer,
 //! status for operators, and the addresses that turned out to be ourselves.
 
-use crate::protocol::Mode;
+use crate::protocol::{CloseReason, Mode};
 use crate::version::NodeId;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ pub(crate) struct Registry {
 struct Inner {
     next_conn: u64,
     /// Live links by peer: connection id, whether we dialed it, closer.
-    links: HashMap<NodeId, (u64, bool, Option<oneshot::Sender<()>>)>,
+    links: HashMap<NodeId, (u64, bool, Option<oneshot::Sender<CloseReason>>)>,
     status: HashMap<u64, PeerStatus>,
     /// Static peers and their modes.
     dial: HashMap<SocketAddr, Mode>,
@@ -79,7 +79,14 @@ impl Registry {
 
     /// Registers `conn` as the link to `peer`. Of two connections between the
     /// same pair, both sides keep the one dialed by the smaller node id.
-    pub fn claim(&self, me: NodeId, peer: NodeId, conn: u64, dialed: bool, closer: oneshot::Sender<()>) -> Claim {
+    pub fn claim(
+        &self,
+        me: NodeId,
+        peer: NodeId,
+        conn: u64,
+        dialed: bool,
+        closer: oneshot::Sender<CloseReason>,
+    ) -> Claim {
         let mut g = self.lock();
         if let Some(s) = g.status.get_mut(&conn) {
             s.node_id = Some(peer);
@@ -100,7 +107,7 @@ impl Registry {
             return Claim::Duplicate;
         }
         if let Some((_, _, Some(close_old))) = g.links.insert(peer, (conn, dialed, Some(closer))) {
-            let _ = close_old.send(());
+            let _ = close_old.send(CloseReason::Duplicate);
         }
         Claim::Keep
     }
@@ -164,11 +171,20 @@ impl Registry {
         self.lock().dial.get(&addr).copied()
     }
 
+    /// Closes the live link to `peer`, if any.
+    pub fn close_peer(&self, peer: NodeId) {
+        if let Some((_, _, closer)) = self.lock().links.get_mut(&peer) {
+            if let Some(c) = closer.take() {
+                let _ = c.send(CloseReason::Shutdown);
+            }
+        }
+    }
+
     /// Closes every live link (shutdown).
     pub fn close_all(&self) {
         for (_, (_, _, closer)) in self.lock().links.iter_mut() {
             if let Some(c) = closer.take() {
-                let _ = c.send(());
+                let _ = c.send(CloseReason::Shutdown);
             }
         }
     }
