@@ -84,7 +84,7 @@ impl RecvHalf {
 
 /// Where to resume a catch-up interrupted after applying everything up to
 /// log position `p`: origins before `p.origin` are done up to the snapshot,
-/// `p.origin` up to `p.seq`, later origins not started. The sender streams
+/// `p.origin` up to `p.seq` (capped by the snapshot), later origins not started. The sender streams
 /// `changes_since(resume ⊔ receiver's vv)`, which then skips exactly what
 /// was already applied (see docs/ALGORITHM.md, "Resumable catch-up").
 fn resume_point(since: &VersionVector, snapshot: &VersionVector, p: Dot) -> VersionVector {
@@ -94,7 +94,11 @@ fn resume_point(since: &VersionVector, snapshot: &VersionVector, p: Dot) -> Vers
             r.raise(origin, seq);
         }
     }
-    r.raise(p.origin, p.seq);
+    // The sender's log can hold versions above its own vector (records it
+    // received in a catch-up it has not finished). Writes of `p.origin`
+    // between its vector and `p.seq` may still reach it later, so the resume
+    // point never goes past what the snapshot covers.
+    r.raise(p.origin, p.seq.min(snapshot.get(p.origin)));
     r
 }
 
@@ -109,5 +113,8 @@ mod tests {
         let snap: VersionVector = [(a, 10), (b, 20), (c, 30)].into_iter().collect();
         let r = resume_point(&since, &snap, Dot::new(b, 7));
         assert_eq!((r.get(a), r.get(b), r.get(c)), (10, 7, 2));
+        // A position above the snapshot's own vector is not trusted.
+        let r = resume_point(&since, &snap, Dot::new(b, 25));
+        assert_eq!(r.get(b), 20);
     }
 }

@@ -72,7 +72,7 @@ impl Db {
         let log = engine.keyspace("log", KeyspaceCreateOptions::default).map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
-        let node_id = load_or_create_node_id(&path, &engine, &meta, &data)?;
+        let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id)?;
         let read_u64 = |k: &[u8]| -> Result<u64> {
             match meta.get(k).map_err(corrupt)? {
                 None => Ok(0),
@@ -219,7 +219,13 @@ fn open_engine(path: &Path, opts: &Options) -> Result<Database> {
     }
 }
 
-fn load_or_create_node_id(path: &Path, engine: &Database, meta: &Keyspace, data: &Keyspace) -> Result<NodeId> {
+fn load_or_create_node_id(
+    path: &Path,
+    engine: &Database,
+    meta: &Keyspace,
+    data: &Keyspace,
+    requested: Option<NodeId>,
+) -> Result<NodeId> {
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
     if let Some(v) = meta.get(keys::META_NODE_ID)? {
         return keys::parse_u64(&v)
@@ -230,7 +236,7 @@ fn load_or_create_node_id(path: &Path, engine: &Database, meta: &Keyspace, data:
     if !data.is_empty()? {
         return Err(corrupt("node id is missing but the store holds data".into()));
     }
-    let id = NodeId::random();
+    let id = requested.filter(|id| id.0 != 0).unwrap_or_else(NodeId::random);
     meta.insert(keys::META_NODE_ID, keys::u64_value(id.0))?;
     engine.persist(PersistMode::SyncAll)?;
     tracing::info!(path = %path.display(), node_id = %id, "created new store");

@@ -2,6 +2,7 @@
 
 use super::policy::ConflictPolicy;
 use crate::clock::{PhysicalClock, SystemClock};
+use crate::version::NodeId;
 use std::sync::Arc;
 
 /// Hard ceiling for keys: the engine limits keys to 64 KiB and the change log
@@ -39,6 +40,11 @@ pub struct Options {
     pub cache_bytes: u64,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
+    /// Node id for a store created by this open (ignored for an existing
+    /// store). `None` (the default) draws a random one. Meant for
+    /// deterministic tests and simulations: two stores with the same id
+    /// corrupt each other's replicas.
+    pub new_node_id: Option<NodeId>,
 }
 
 impl Default for Options {
@@ -51,6 +57,7 @@ impl Default for Options {
             feed_capacity: 4096,
             cache_bytes: 64 * 1024 * 1024,
             clock: Arc::new(SystemClock),
+            new_node_id: None,
         }
     }
 }
