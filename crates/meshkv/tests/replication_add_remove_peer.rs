@@ -1,19 +1,14 @@
 //! Peers added and removed at run time: removing a peer closes its link and
 //! stops the flow; adding it back resumes it and catches up what was missed.
 
+mod common;
+use common::eventually;
+
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::protocol::Mode;
 use meshkv::{Db, Options};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn start(dir: &tempfile::TempDir) -> Node {
     let db = Db::open(dir.path(), Options::default()).expect("open");

@@ -4,23 +4,12 @@
 //! before connecting) and the live stream (written after); the version
 //! vectors end identical.
 
+mod common;
+use common::{eventually, loopback};
+
 use meshkv::node::{Node, NodeConfig};
 use meshkv::protocol::Mode;
 use meshkv::{Batch, Db, NodeId, Options};
-use std::net::SocketAddr;
-use std::time::Duration;
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn value(n: &Node, key: &str) -> Option<Vec<u8>> {
     n.db().get(key).expect("get")

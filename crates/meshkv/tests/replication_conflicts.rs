@@ -3,30 +3,16 @@
 //! and the policy's winner, and the conflict is reported (counter and change
 //! feed) on both nodes. Nodes with different policies refuse each other.
 
+mod common;
+use common::{eventually, start};
+
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::protocol::{codec, CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
 use meshkv::storage::{Choice, Conflict, Subscription, Version};
 use meshkv::{ConflictPolicy, Db, Dot, KeyRange, NodeId, Options};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn start(db: Db) -> Node {
-    Node::start(db, NodeConfig { listen: loopback(), ..NodeConfig::default() }).await.expect("start")
-}
 
 /// The node id a fresh directory gets, learned by opening it once.
 fn node_id_of(dir: &std::path::Path) -> NodeId {

@@ -4,29 +4,15 @@
 //! sync one after the other. Everyone ends with the same record, and a
 //! concurrent hub write wins over the spokes'.
 
-use meshkv::node::{Node, NodeConfig};
+mod common;
+use common::{eventually, start};
+
+use meshkv::node::Node;
 use meshkv::protocol::Mode;
 use meshkv::{ConflictPolicy, Db, Dot, NodeId, Options};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 const KEY: &str = "s1";
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn start(db: Db) -> Node {
-    Node::start(db, NodeConfig { listen: loopback(), ..NodeConfig::default() }).await.expect("start")
-}
 
 /// Three stores (hub, spoke 1, spoke 2) under `PreferNodes(vec![hub])`.
 struct Cluster {

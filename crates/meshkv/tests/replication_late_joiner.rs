@@ -4,25 +4,15 @@
 //! starts and connects only to B; it receives all 500 keys, with the same
 //! records and the same version vector as B (B serves what it received).
 
+mod common;
+use common::{eventually, loopback};
+
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::protocol::{LinkConfig, Mode};
 use meshkv::{Batch, Db, KeyRange, Options, ScanOptions};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 const KEYS: usize = 500;
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn key(i: usize) -> String {
     format!("key/{i:04}")

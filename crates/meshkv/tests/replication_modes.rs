@@ -6,24 +6,14 @@
 //!
 //! The mode holds for the whole link, live writes after the catch-up included.
 
+mod common;
+use common::{eventually, loopback};
+
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::protocol::Mode;
 use meshkv::{Db, NodeId, Options};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::broadcast;
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Waits (20 s at most) for an event matching `pred`.
 async fn wait_event(rx: &mut broadcast::Receiver<NodeEvent>, what: &str, pred: impl Fn(&NodeEvent) -> bool) {

@@ -2,23 +2,12 @@
 //! three nodes over TCP. Then one node deletes a key another node wrote;
 //! it is gone everywhere.
 
+mod common;
+use common::{eventually, loopback};
+
 use meshkv::node::{Node, NodeConfig};
 use meshkv::protocol::Mode;
 use meshkv::{Batch, Db, Options};
-use std::net::SocketAddr;
-use std::time::Duration;
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_on_batches_and_a_delete() {
