@@ -136,6 +136,7 @@ impl SendHalf {
                     self.peer_vv.join(&vv);
                     return Ok(Some(Message::CaughtUp { id: self.take_id(), vv }));
                 }
+                ensure_durable(db, &items)?;
                 self.sent_items += items.len() as u64;
                 let position = changes.log_position();
                 Ok(Some(Message::CatchUp { id: self.take_id(), items, position }))
@@ -145,7 +146,11 @@ impl SendHalf {
                     let since = self.peer_vv.clone();
                     return self.start_catch_up(db, since).map(Some);
                 }
-                Ok(self.live_batch())
+                let batch = self.live_batch();
+                if let Some(Message::Live { items, .. }) = &batch {
+                    ensure_durable(db, items)?;
+                }
+                Ok(batch)
             }
         }
     }
@@ -185,5 +190,15 @@ impl SendHalf {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+}
+
+/// Own writes leave this node only once they are on stable storage.
+fn ensure_durable(db: &Db, items: &[Item]) -> crate::Result<()> {
+    let me = db.node_id();
+    let own = items.iter().flat_map(|i| i.record.dots()).filter(|d| d.origin == me).map(|d| d.seq).max();
+    match own {
+        Some(seq) => db.ensure_durable(seq),
+        None => Ok(()),
     }
 }

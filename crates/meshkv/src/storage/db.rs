@@ -11,7 +11,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) writer: Mutex<WriterState>,
     pub(crate) feed: broadcast::Sender<Arc<Commit>>,
     pub(crate) conflicts: AtomicU64,
+    /// Own writes up to this seq are known to be on stable storage.
+    pub(crate) durable_seq: AtomicU64,
 }
 
 /// State only the (single) writer touches, behind `Inner::writer`.
@@ -105,6 +107,7 @@ impl Db {
                 }),
                 feed,
                 conflicts: AtomicU64::new(0),
+                durable_seq: AtomicU64::new(0),
                 opts,
             }),
         })
@@ -132,8 +135,23 @@ impl Db {
 
     /// Forces everything written so far to stable storage (`fdatasync`).
     pub fn sync(&self) -> Result<()> {
+        let covered = self.version_vector().get(self.inner.node_id);
         self.inner.engine.persist(PersistMode::SyncData)?;
+        self.inner.durable_seq.fetch_max(covered, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Makes sure this node's own writes up to `seq` are on stable storage
+    /// (a no-op under [`Durability::Sync`](super::Durability::Sync), where
+    /// every write already is). Replication calls it before a write leaves
+    /// its origin, so a power loss can never lose a write a peer holds.
+    pub fn ensure_durable(&self, seq: u64) -> Result<()> {
+        if self.inner.opts.durability == super::Durability::Sync
+            || self.inner.durable_seq.load(Ordering::Acquire) >= seq
+        {
+            return Ok(());
+        }
+        self.sync()
     }
 }
 
