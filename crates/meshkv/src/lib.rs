@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod clock;
 pub mod node;
 pub mod protocol;

@@ -4,7 +4,9 @@
 //! direction can stall the other.
 
 use super::registry::{Claim, Registry};
+use super::session::{self, RetryCache, ServerOptions};
 use super::NodeEvent;
+use crate::protocol::Role;
 use crate::protocol::{codec, CloseReason, Link, LinkConfig, LinkEvent, Message};
 use crate::storage::{Db, FeedError};
 use crate::KeyRange;
@@ -12,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -20,6 +22,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 #[derive(Clone)]
 pub(crate) struct ConnCtx {
     pub db: Db,
+    /// Cluster name clients must present.
+    pub cluster: String,
+    /// Where the node listens (for status).
+    pub local_addr: Option<SocketAddr>,
+    /// Client-serving options and the retry memory.
+    pub server: Arc<ServerState>,
     pub registry: Arc<Registry>,
     pub events: broadcast::Sender<NodeEvent>,
     pub shutdown: watch::Receiver<bool>,
@@ -41,11 +49,42 @@ pub(crate) struct Ended {
     pub handshaken: bool,
 }
 
-/// Runs the link until it closes. `dialed` says whether we opened it.
+/// What the client-serving side of a node shares across connections.
+pub(crate) struct ServerState {
+    pub options: ServerOptions,
+    pub retries: RetryCache,
+}
+
+type Incoming = mpsc::Receiver<Result<Message, String>>;
+
+/// Runs one connection until it closes. `dialed` says whether we opened it
+/// (then it is a peer link); an accepted connection is a peer link or a
+/// client session depending on the role in its `Hello`.
 pub(crate) async fn run(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, dialed: bool) -> Ended {
     let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let (in_tx, mut incoming) = mpsc::channel::<Result<Message, String>>(16);
+    let reader = tokio::spawn(read_frames(read_half, in_tx, ctx.max_frame));
+    let mut first = None;
+    if !dialed {
+        let wait = Duration::from_millis(cfg.handshake_timeout_ms);
+        match tokio::time::timeout(wait, incoming.recv()).await {
+            Ok(Some(Ok(Message::Hello(hello)))) if hello.role == Role::Client => {
+                session::serve(&ctx, hello, incoming, write_half, addr).await;
+                reader.abort();
+                return Ended { peer: None, reason: None, handshaken: false };
+            }
+            Ok(Some(msg)) => first = Some(msg),
+            Ok(None) | Err(_) => {
+                tracing::debug!(%addr, "no handshake; dropping connection");
+                reader.abort();
+                return Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false };
+            }
+        }
+    }
     let conn = ctx.registry.new_connection(addr);
-    let ended = drive(&ctx, stream, addr, cfg, dialed, conn).await;
+    let ended = drive(&ctx, incoming, write_half, first, addr, cfg, dialed, conn).await;
+    reader.abort();
     ctx.registry.release(conn);
     if let Some(peer) = ended.peer {
         let _ = ctx.events.send(NodeEvent::Disconnected { peer, addr, reason: ended.reason });
@@ -53,14 +92,21 @@ pub(crate) async fn run(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: 
     ended
 }
 
-async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, dialed: bool, conn: u64) -> Ended {
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    ctx: &ConnCtx,
+    mut in_rx: Incoming,
+    mut write_half: OwnedWriteHalf,
+    first: Option<Result<Message, String>>,
+    addr: SocketAddr,
+    cfg: LinkConfig,
+    dialed: bool,
+    conn: u64,
+) -> Ended {
     let tick_ms = cfg.ping_ms.clamp(10, 1_000);
     // Subscribe before the link exists so no commit after its snapshot is missed.
     let mut feed = ctx.db.subscribe(KeyRange::all());
     let mut link = Link::new(ctx.db.clone(), cfg, ctx.now_ms());
-    let (read_half, mut write_half) = stream.into_split();
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Message, String>>(16);
-    let reader = tokio::spawn(read_frames(read_half, in_tx, ctx.max_frame));
     let (close_tx, mut close_rx) = oneshot::channel::<CloseReason>();
     let mut close_tx = Some(close_tx);
     let mut shutdown = ctx.shutdown.clone();
@@ -69,8 +115,23 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
     let mut written = 0;
     let mut ended = Ended { peer: None, reason: None, handshaken: false };
     let mut peer_gone = false;
+    let mut lag = 0;
     if *shutdown.borrow() {
         link.close(CloseReason::Shutdown);
+    }
+    match first {
+        Some(Ok(msg)) => {
+            if let Err(e) = link.handle_message(msg, ctx.now_ms()) {
+                tracing::warn!(%addr, error = %e, "closing connection");
+                let _ = ctx.events.send(NodeEvent::Error { addr, message: e.to_string() });
+            }
+        }
+        Some(Err(e)) => {
+            tracing::warn!(%addr, error = %e, "bad input, closing connection");
+            let _ = ctx.events.send(NodeEvent::Error { addr, message: e });
+            link.close(CloseReason::ProtocolError);
+        }
+        None => {}
     }
 
     loop {
@@ -148,7 +209,7 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
             break;
         }
         let (sent, received) = link.item_counts();
-        ctx.registry.set_counts(conn, sent, received);
+        ctx.registry.set_counts(conn, sent, received, lag);
 
         tokio::select! {
             biased;
@@ -180,10 +241,12 @@ async fn drive(ctx: &ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConf
                 Err(FeedError::Lagged { .. }) => link.handle_feed_lagged(),
                 Err(_) => link.close(CloseReason::Shutdown),
             },
-            _ = tick.tick() => link.handle_tick(ctx.now_ms()),
+            _ = tick.tick() => {
+                link.handle_tick(ctx.now_ms());
+                lag = link.lag(&ctx.db.version_vector());
+            }
         }
     }
-    reader.abort();
     ended
 }
 

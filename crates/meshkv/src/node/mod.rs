@@ -6,8 +6,10 @@
 mod connection;
 mod dialer;
 mod registry;
+mod session;
 
 pub use registry::{PeerState, PeerStatus};
+pub use session::{ServerOptions, WriteHook};
 
 use crate::protocol::{codec, CloseReason, LinkConfig, Mode};
 use crate::storage::{Conflict, Db, FeedError};
@@ -40,6 +42,8 @@ pub struct NodeConfig {
     pub backoff_max: Duration,
     /// Largest accepted frame in bytes.
     pub max_frame: usize,
+    /// How remote clients are served (read-only, validation hook).
+    pub server: ServerOptions,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +57,7 @@ impl Default for NodeConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_frame: codec::DEFAULT_MAX_FRAME,
+            server: ServerOptions::default(),
         }
     }
 }
@@ -139,8 +144,18 @@ impl Node {
         let (events, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let registry = Arc::new(Registry::new());
+        let retry_memory = match cfg.server.retry_memory {
+            0 => 65_536,
+            n => n,
+        };
         let ctx = ConnCtx {
             db: db.clone(),
+            cluster: cfg.link.cluster.clone(),
+            local_addr,
+            server: Arc::new(connection::ServerState {
+                options: cfg.server.clone(),
+                retries: session::RetryCache::new(retry_memory),
+            }),
             registry: Arc::clone(&registry),
             events: events.clone(),
             shutdown: shutdown_rx,

@@ -32,6 +32,9 @@ pub struct PeerStatus {
     pub sent: u64,
     /// Records received over the current connection.
     pub received: u64,
+    /// Writes this node covers that the peer is not yet known to cover
+    /// (what our sending half has not sent yet; 0 for receive-only links).
+    pub lag: u64,
 }
 
 pub(crate) struct Registry {
@@ -73,7 +76,8 @@ impl Registry {
         let mut g = self.lock();
         g.next_conn += 1;
         let id = g.next_conn;
-        g.status.insert(id, PeerStatus { addr, node_id: None, state: PeerState::Connecting, sent: 0, received: 0 });
+        g.status
+            .insert(id, PeerStatus { addr, node_id: None, state: PeerState::Connecting, sent: 0, received: 0, lag: 0 });
         id
     }
 
@@ -118,10 +122,11 @@ impl Registry {
         }
     }
 
-    pub fn set_counts(&self, conn: u64, sent: u64, received: u64) {
+    pub fn set_counts(&self, conn: u64, sent: u64, received: u64, lag: u64) {
         if let Some(s) = self.lock().status.get_mut(&conn) {
             s.sent = sent;
             s.received = received;
+            s.lag = lag;
         }
     }
 

@@ -155,6 +155,15 @@ impl Link {
         (self.send.as_ref().map_or(0, |s| s.sent_items), self.recv.as_ref().map_or(0, |r| r.received_items))
     }
 
+    /// Writes this node covers that the peer is not yet known to cover:
+    /// what our sending half has still to send (0 if we do not send).
+    pub fn lag(&self, ours: &crate::VersionVector) -> u64 {
+        match &self.send {
+            Some(send) => ours.iter().map(|(o, s)| s.saturating_sub(send.peer_vv().get(o))).sum(),
+            None => 0,
+        }
+    }
+
     /// Handles one message from the peer.
     pub fn handle_message(&mut self, msg: Message, now_ms: u64) -> Result<(), LinkError> {
         if self.is_closed() {

@@ -1,5 +1,6 @@
 //! Protocol messages: the versioned vocabulary two nodes speak.
 
+use super::request::{RemoteError, Request, Response};
 use crate::storage::Record;
 use crate::version::{Dot, NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
@@ -150,6 +151,39 @@ pub enum Message {
     },
     /// Keep-alive.
     Ping,
+    /// A client request (client connections only).
+    Request {
+        /// Unique per client session and never reused, so a retried request
+        /// is recognised and applied at most once.
+        id: u64,
+        /// What is asked.
+        request: Request,
+    },
+    /// The answer to the request with the same id.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The outcome.
+        result: Result<Response, RemoteError>,
+    },
+    /// A change seen by a client's watch.
+    Watch {
+        /// The watch id from [`Response::Watching`].
+        watch: u64,
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Its new value (`None`: deleted).
+        #[serde(with = "serde_bytes")]
+        value: Option<Vec<u8>>,
+    },
+    /// Events of a watch were dropped because the client read too slowly.
+    WatchLagged {
+        /// The watch id.
+        watch: u64,
+        /// How many commits were dropped.
+        missed: u64,
+    },
     /// The sender closes the connection.
     Close {
         /// Why.
@@ -169,6 +203,10 @@ impl Message {
             Message::Live { .. } => "live",
             Message::Ack { .. } => "ack",
             Message::Ping => "ping",
+            Message::Request { .. } => "request",
+            Message::Reply { .. } => "reply",
+            Message::Watch { .. } => "watch",
+            Message::WatchLagged { .. } => "watch-lagged",
             Message::Close { .. } => "close",
         }
     }

@@ -8,7 +8,9 @@ pub mod codec;
 mod link;
 pub mod message;
 mod receiver;
+pub mod request;
 mod sender;
 
 pub use link::{Link, LinkConfig, LinkError, LinkEvent};
 pub use message::{CloseReason, Hello, Item, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+pub use request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};

@@ -64,6 +64,11 @@ impl SendHalf {
         }
     }
 
+    /// What the peer will cover once it has applied everything sent.
+    pub fn peer_vv(&self) -> &VersionVector {
+        &self.peer_vv
+    }
+
     /// Whether the initial catch-up finished and the stream is live.
     pub fn is_live(&self) -> bool {
         matches!(self.phase, Phase::Live)

@@ -5,17 +5,22 @@ use std::ops::Bound;
 
 /// A set of keys given by optional bounds and an optional prefix. All
 /// conditions must hold. `KeyRange::default()` is every key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRange {
     /// Keys strictly greater than this.
+    #[serde(with = "serde_bytes")]
     pub gt: Option<Vec<u8>>,
     /// Keys greater than or equal to this.
+    #[serde(with = "serde_bytes")]
     pub gte: Option<Vec<u8>>,
     /// Keys strictly less than this.
+    #[serde(with = "serde_bytes")]
     pub lt: Option<Vec<u8>>,
     /// Keys less than or equal to this.
+    #[serde(with = "serde_bytes")]
     pub lte: Option<Vec<u8>>,
     /// Keys starting with these bytes.
+    #[serde(with = "serde_bytes")]
     pub prefix: Option<Vec<u8>>,
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// What to iterate and how. `ScanOptions::default()` walks every live key in
 /// ascending order, returning keys and values.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScanOptions {
     /// Which keys.
     pub range: KeyRange,
@@ -39,11 +39,13 @@ impl ScanOptions {
 }
 
 /// A live key and its value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The key (empty when keys were not requested).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value (empty when values were not requested).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 

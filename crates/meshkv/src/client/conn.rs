@@ -1,0 +1,295 @@
+//! The client's connection task: owns the socket, matches replies to
+//! requests by id, reconnects, and re-sends what may be re-sent.
+
+use super::{lost, ClientOptions, Command, Result, WatchEvent};
+use crate::protocol::request::{ErrorCode, RemoteError, Request, Response};
+use crate::protocol::{codec, CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use crate::storage::KeyRange;
+use crate::version::NodeId;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// A connected, handshaken socket and the bytes read past the handshake.
+pub(crate) struct Connected {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Pending {
+    request: Request,
+    reply: oneshot::Sender<Result<Response>>,
+}
+
+struct Watch {
+    range: KeyRange,
+    events: mpsc::Sender<WatchEvent>,
+    reply: Option<oneshot::Sender<Result<()>>>,
+}
+
+/// Opens a connection and performs the client handshake.
+pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) -> Result<Connected> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| RemoteError::new(ErrorCode::ConnectionLost, format!("cannot connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster: opts.cluster.clone(),
+            node: id,
+            role: Role::Client,
+            mode: Mode::Sync,
+            policy: 0,
+        };
+        let mut out = Vec::new();
+        codec::encode(&Message::Hello(hello), &mut out);
+        stream.write_all(&out).await.map_err(|_| lost())?;
+        let mut buf = Vec::new();
+        let msg = read_message(&mut stream, &mut buf, opts.max_frame).await?;
+        match msg {
+            Message::Hello(h) if h.magic == MAGIC && h.version == PROTOCOL_VERSION => Ok(Connected { stream, buf }),
+            Message::Close { reason } => Err(refused(reason)),
+            other => Err(RemoteError::new(ErrorCode::BadRequest, format!("unexpected {} in handshake", other.kind()))),
+        }
+    };
+    tokio::time::timeout(opts.connect_timeout, attempt)
+        .await
+        .map_err(|_| RemoteError::new(ErrorCode::ConnectionLost, format!("timed out connecting to {addr}")))?
+}
+
+fn refused(reason: CloseReason) -> RemoteError {
+    match reason {
+        CloseReason::WrongCluster => RemoteError::new(ErrorCode::Unauthorized, "the node belongs to another cluster"),
+        other => RemoteError::new(ErrorCode::ConnectionLost, format!("the node closed the connection: {other:?}")),
+    }
+}
+
+async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>, max_frame: usize) -> Result<Message> {
+    loop {
+        match codec::decode(buf, max_frame) {
+            Ok(Some((msg, used))) => {
+                buf.drain(..used);
+                return Ok(msg);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(RemoteError::new(ErrorCode::BadRequest, format!("malformed frame from node: {e}"))),
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        let n = stream.read(&mut chunk).await.map_err(|_| lost())?;
+        if n == 0 {
+            return Err(lost());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Whether a request may be sent again on a new connection.
+fn resendable(r: &Request) -> bool {
+    !matches!(r, Request::ScanMore { .. } | Request::ScanClose { .. })
+}
+
+pub(crate) async fn run(
+    addr: SocketAddr,
+    id: NodeId,
+    opts: ClientOptions,
+    first: Connected,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut next_id: u64 = 1;
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let mut watches: HashMap<u64, Watch> = HashMap::new();
+    // Request id of a watch registration -> local watch key.
+    let mut watch_requests: HashMap<u64, u64> = HashMap::new();
+    // Server watch id -> local watch key (per connection).
+    let mut live_watches: HashMap<u64, u64> = HashMap::new();
+    let mut next_watch = 1u64;
+    let mut conn = Some(first);
+    let mut backoff = opts.reconnect_min;
+    loop {
+        let Some(Connected { stream, mut buf }) = conn.take() else {
+            // Not connected: wait for work (without retry) or reconnect.
+            if !opts.retry && pending.is_empty() {
+                match commands.recv().await {
+                    Some(cmd) => {
+                        if let Err(e) = accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch) {
+                            tracing::debug!(error = %e, "dropped command");
+                        }
+                    }
+                    None => return,
+                }
+            }
+            match connect(addr, id, &opts).await {
+                Ok(c) => {
+                    backoff = opts.reconnect_min;
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    if !opts.retry {
+                        for (_, p) in std::mem::take(&mut pending) {
+                            let _ = p.reply.send(Err(e.clone()));
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+            continue;
+        };
+        let (mut rd, mut wr) = stream.into_split();
+        let mut out = Vec::new();
+        // (Re-)send what is pending and re-register watches.
+        live_watches.clear();
+        watch_requests.clear();
+        for (rid, p) in &pending {
+            codec::encode(&Message::Request { id: *rid, request: p.request.clone() }, &mut out);
+        }
+        for (key, w) in &mut watches {
+            let rid = next_id;
+            next_id += 1;
+            watch_requests.insert(rid, *key);
+            codec::encode(&Message::Request { id: rid, request: Request::Watch { range: w.range.clone() } }, &mut out);
+            if w.reply.is_none() {
+                let _ = w.events.try_send(WatchEvent::Lagged);
+            }
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        let outcome: std::result::Result<(), ()> = loop {
+            if !out.is_empty() {
+                if wr.write_all(&out).await.is_err() {
+                    break Err(());
+                }
+                out.clear();
+            }
+            // Dispatch whatever complete frames are buffered.
+            loop {
+                match codec::decode(&buf, opts.max_frame) {
+                    Ok(Some((msg, used))) => {
+                        buf.drain(..used);
+                        on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        buf.clear();
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => {
+                        let is_watch = matches!(cmd, Command::Watch { .. });
+                        match accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch) {
+                            Ok((rid, request)) => {
+                                if is_watch {
+                                    watch_requests.insert(rid, next_watch - 1);
+                                    pending.remove(&rid);
+                                }
+                                codec::encode(&Message::Request { id: rid, request }, &mut out);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "dropped command"),
+                        }
+                    }
+                    None => return,
+                },
+                n = rd.read(&mut chunk) => match n {
+                    Ok(0) | Err(_) => break Err(()),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+            }
+        };
+        let _ = outcome;
+        tracing::debug!(%addr, "connection to node lost");
+        // Fail what cannot be retried.
+        let keep: Vec<u64> =
+            pending.iter().filter(|(_, p)| opts.retry && resendable(&p.request)).map(|(k, _)| *k).collect();
+        for (rid, p) in std::mem::take(&mut pending) {
+            if keep.contains(&rid) {
+                pending.insert(rid, p);
+            } else {
+                let _ = p.reply.send(Err(lost()));
+            }
+        }
+        if !opts.retry {
+            for (_, w) in watches.drain() {
+                if let Some(reply) = w.reply {
+                    let _ = reply.send(Err(lost()));
+                }
+            }
+        }
+    }
+}
+
+/// Registers a command; returns the request to send.
+fn accept(
+    cmd: Command,
+    next_id: &mut u64,
+    pending: &mut BTreeMap<u64, Pending>,
+    watches: &mut HashMap<u64, Watch>,
+    next_watch: &mut u64,
+) -> std::result::Result<(u64, Request), &'static str> {
+    let rid = *next_id;
+    *next_id += 1;
+    match cmd {
+        Command::Call { request, reply } => {
+            pending.insert(rid, Pending { request: request.clone(), reply });
+            Ok((rid, request))
+        }
+        Command::Watch { range, events, reply } => {
+            let key = *next_watch;
+            *next_watch += 1;
+            watches.insert(key, Watch { range: range.clone(), events, reply: Some(reply) });
+            Ok((rid, Request::Watch { range }))
+        }
+    }
+}
+
+fn on_message(
+    msg: Message,
+    pending: &mut BTreeMap<u64, Pending>,
+    watches: &mut HashMap<u64, Watch>,
+    watch_requests: &mut HashMap<u64, u64>,
+    live_watches: &mut HashMap<u64, u64>,
+) {
+    match msg {
+        Message::Reply { id, result } => {
+            if let Some(key) = watch_requests.remove(&id) {
+                let Some(w) = watches.get_mut(&key) else { return };
+                match result {
+                    Ok(Response::Watching { watch }) => {
+                        live_watches.insert(watch, key);
+                        if let Some(reply) = w.reply.take() {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(reply) = w.reply.take() {
+                            let _ = reply.send(Err(e));
+                        }
+                        watches.remove(&key);
+                    }
+                }
+            } else if let Some(p) = pending.remove(&id) {
+                let _ = p.reply.send(result);
+            }
+        }
+        Message::Watch { watch, key, value } => {
+            if let Some(w) = live_watches.get(&watch).and_then(|k| watches.get(k)) {
+                if w.events.try_send(WatchEvent::Change { key, value }).is_err() {
+                    let _ = w.events.try_send(WatchEvent::Lagged);
+                }
+            }
+        }
+        Message::WatchLagged { watch, .. } => {
+            if let Some(w) = live_watches.get(&watch).and_then(|k| watches.get(k)) {
+                let _ = w.events.try_send(WatchEvent::Lagged);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,178 @@
+//! The remote client (the multileveldown role): talks to a running node over
+//! TCP. Requests are pipelined over one connection; with `retry` on, a lost
+//! connection is re-established and pending requests are re-sent, applied at
+//! most once (the node remembers request ids), and scans resume after the
+//! last key received.
+
+mod conn;
+mod scan;
+
+pub use scan::ScanStream;
+
+use crate::protocol::request::{BatchOp, ErrorCode, RemoteError, Request, Response, Status};
+use crate::storage::{KeyRange, ScanOptions};
+use crate::version::{Dot, NodeId};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a client call can fail with: a stable [`ErrorCode`] and a message.
+pub type Error = RemoteError;
+/// Result of client calls.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Re-send pending requests after a reconnect (default `true`). Off:
+    /// they fail with [`ErrorCode::ConnectionLost`].
+    pub retry: bool,
+    /// Cluster name the node must have (default `meshkv`).
+    pub cluster: String,
+    /// Give up connecting after this long (per attempt; default 5 s).
+    pub connect_timeout: Duration,
+    /// First reconnect delay (default 50 ms), doubling up to 2 s.
+    pub reconnect_min: Duration,
+    /// Largest accepted frame.
+    pub max_frame: usize,
+    /// A call not answered within this fails with
+    /// [`ErrorCode::ConnectionLost`] (default 30 s). A write that timed out
+    /// may still be applied later if it was re-sent.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            retry: true,
+            cluster: "meshkv".into(),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(50),
+            max_frame: crate::protocol::codec::DEFAULT_MAX_FRAME,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A change seen by a [`Client::watch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// `key` now has `value` (`None`: deleted).
+    Change {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Option<Vec<u8>>,
+    },
+    /// Some changes were not delivered (slow reader or reconnect).
+    Lagged,
+}
+
+pub(crate) enum Command {
+    Call { request: Request, reply: oneshot::Sender<Result<Response>> },
+    Watch { range: KeyRange, events: mpsc::Sender<WatchEvent>, reply: oneshot::Sender<Result<()>> },
+}
+
+/// A connection to a meshkv node. Cheap to clone; clones share the
+/// connection. Dropping every clone closes it.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    retry: bool,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to the node at `addr` (the first connection is made here, so
+    /// a node that is down is reported at once).
+    pub async fn connect(addr: SocketAddr, options: ClientOptions) -> Result<Client> {
+        let id = NodeId::random();
+        let (retry, timeout) = (options.retry, options.request_timeout);
+        let first = conn::connect(addr, id, &options).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(conn::run(addr, id, options, first, rx));
+        Ok(Client { tx, retry, timeout })
+    }
+
+    pub(crate) async fn call(&self, request: Request) -> Result<Response> {
+        let (reply, rx) = oneshot::channel();
+        let call = async {
+            self.tx.send(Command::Call { request, reply }).await.map_err(|_| lost())?;
+            rx.await.map_err(|_| lost())?
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| RemoteError::new(ErrorCode::ConnectionLost, "no reply from the node in time"))?
+    }
+
+    /// The value of `key`.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+        match self.call(Request::Get { key: key.into() }).await? {
+            Response::Value(v) => Ok(v.map(|b| b.into_vec())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The values of `keys`, read from one snapshot, in order.
+    pub async fn get_many(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys = keys.into_iter().map(serde_bytes::ByteBuf::from).collect();
+        match self.call(Request::GetMany { keys }).await? {
+            Response::Values(v) => Ok(v.into_iter().map(|b| b.map(|b| b.into_vec())).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Option<Dot>> {
+        self.batch(vec![BatchOp::Put { key: key.into(), value: value.into() }]).await
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Dot>> {
+        self.batch(vec![BatchOp::Delete { key: key.into() }]).await
+    }
+
+    /// Applies `ops` atomically on the node.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<Option<Dot>> {
+        match self.call(Request::Write { ops }).await? {
+            Response::Written(dot) => Ok(dot),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Streams entries in batches of `chunk`, each batch fetched when the
+    /// previous one is consumed (backpressure). With retry on, a lost
+    /// connection resumes right after the last key received.
+    pub fn scan(&self, options: ScanOptions, chunk: u32) -> ScanStream {
+        ScanStream::new(self.clone(), options, chunk)
+    }
+
+    /// Live changes to keys in `range`, from now on.
+    pub async fn watch(&self, range: KeyRange) -> Result<mpsc::Receiver<WatchEvent>> {
+        let (events, rx) = mpsc::channel(1024);
+        let (reply, done) = oneshot::channel();
+        self.tx.send(Command::Watch { range, events, reply }).await.map_err(|_| lost())?;
+        done.await.map_err(|_| lost())??;
+        Ok(rx)
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status> {
+        match self.call(Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) fn retries(&self) -> bool {
+        self.retry
+    }
+}
+
+pub(crate) fn lost() -> Error {
+    RemoteError::new(ErrorCode::ConnectionLost, "connection to the node lost")
+}
+
+fn unexpected(r: Response) -> Error {
+    RemoteError::new(ErrorCode::BadRequest, format!("unexpected reply {r:?}"))
+}

@@ -1,0 +1,331 @@
+//! The server side of a remote client: requests against the local store,
+//! streamed scans with cursors, watches, at-most-once retries, read-only
+//! listeners and validation hooks.
+
+use super::connection::ConnCtx;
+use super::registry::PeerState;
+use crate::protocol::request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
+use crate::protocol::{codec, CloseReason, Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
+use crate::storage::{Batch, Db, Error as StorageError, FeedError, KeyRange, Scan, ScanOptions};
+use crate::version::NodeId;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+/// A validation hook: sees every write (a put or delete is a batch of one)
+/// before it is applied; an `Err` refuses it with that message.
+pub type WriteHook = dyn Fn(&[BatchOp]) -> Result<(), String> + Send + Sync;
+
+/// How a node serves remote clients.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// Refuse every write with [`ErrorCode::ReadOnly`].
+    pub read_only: bool,
+    /// Called before every write; see [`WriteHook`].
+    pub hook: Option<Arc<WriteHook>>,
+    /// Open scan cursors per client (default 16 when 0).
+    pub max_cursors: usize,
+    /// Write replies remembered for retried requests (default 65 536 when 0).
+    pub retry_memory: usize,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions").field("read_only", &self.read_only).field("hook", &self.hook.is_some()).finish()
+    }
+}
+
+/// Replies to writes by `(client, request id)`, so a request re-sent after a
+/// reconnect is answered from here instead of being applied twice.
+pub(crate) struct RetryCache {
+    inner: Mutex<Remembered>,
+    capacity: usize,
+}
+
+type RequestKey = (NodeId, u64);
+type Outcome = Result<Response, RemoteError>;
+
+/// Replies by request, and the order they arrived in (for eviction).
+#[derive(Default)]
+struct Remembered {
+    replies: HashMap<RequestKey, Outcome>,
+    order: VecDeque<RequestKey>,
+}
+
+impl RetryCache {
+    pub fn new(capacity: usize) -> Self {
+        RetryCache { inner: Mutex::new(Remembered::default()), capacity: capacity.max(1) }
+    }
+
+    /// The remembered reply to `key`, or the result of running `apply` once
+    /// and remembering it. The lock is held while `apply` runs, so a request
+    /// retried on a new connection while the original is still being applied
+    /// waits for it instead of applying again. (Writes are serialized by the
+    /// store anyway.)
+    fn once(&self, key: RequestKey, apply: impl FnOnce() -> Outcome) -> Outcome {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = g.replies.get(&key) {
+            return done.clone();
+        }
+        let reply = apply();
+        g.replies.insert(key, reply.clone());
+        g.order.push_back(key);
+        while g.order.len() > self.capacity {
+            if let Some(old) = g.order.pop_front() {
+                g.replies.remove(&old);
+            }
+        }
+        reply
+    }
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve(
+    ctx: &ConnCtx,
+    hello: Hello,
+    mut incoming: mpsc::Receiver<Result<Message, String>>,
+    mut out: OwnedWriteHalf,
+    addr: SocketAddr,
+) {
+    let refusal = if hello.magic != MAGIC {
+        Some(CloseReason::ProtocolError)
+    } else if hello.version != PROTOCOL_VERSION {
+        Some(CloseReason::VersionMismatch)
+    } else if hello.cluster != ctx.cluster {
+        Some(CloseReason::WrongCluster)
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%addr, ?reason, "refusing client");
+        let _ = send(&mut out, &Message::Close { reason }).await;
+        return;
+    }
+    let ours = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        cluster: ctx.cluster.clone(),
+        node: ctx.db.node_id(),
+        role: Role::Peer,
+        mode: crate::protocol::Mode::Sync,
+        policy: ctx.db.options().policy.fingerprint(),
+    };
+    if send(&mut out, &Message::Hello(ours)).await.is_err() {
+        return;
+    }
+    tracing::debug!(%addr, client = %hello.node, "client connected");
+    let mut session = Session { ctx, client: hello.node, cursors: HashMap::new(), next_cursor: 1, watches: Vec::new() };
+    let mut feed = None;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let msg = tokio::select! {
+            msg = incoming.recv() => msg,
+            commit = recv_feed(&mut feed) => {
+                let events = match commit {
+                    Ok(commit) => session.watch_events(&commit),
+                    Err(FeedError::Lagged { missed }) => session.watches.iter().map(|(watch, _)| Message::WatchLagged { watch: *watch, missed }).collect(),
+                    Err(_) => return,
+                };
+                for ev in events {
+                    if send(&mut out, &ev).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            _ = shutdown.changed() => {
+                let _ = send(&mut out, &Message::Close { reason: CloseReason::Shutdown }).await;
+                return;
+            }
+        };
+        let reply = match msg {
+            Some(Ok(Message::Request { id, request })) => {
+                let watching = matches!(request, Request::Watch { .. });
+                let result = session.handle(id, request);
+                if watching && feed.is_none() {
+                    feed = Some(ctx.db.subscribe(KeyRange::all()));
+                }
+                Message::Reply { id, result }
+            }
+            Some(Ok(Message::Ping)) => continue,
+            Some(Ok(Message::Close { .. })) | None => return,
+            Some(Ok(other)) => {
+                tracing::warn!(%addr, kind = other.kind(), "unexpected message from client");
+                let _ = send(&mut out, &Message::Close { reason: CloseReason::ProtocolError }).await;
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%addr, error = %e, "bad input from client, closing");
+                let _ = send(&mut out, &Message::Close { reason: CloseReason::ProtocolError }).await;
+                return;
+            }
+        };
+        if send(&mut out, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn recv_feed(feed: &mut Option<crate::storage::Subscription>) -> Result<Arc<crate::storage::Commit>, FeedError> {
+    match feed {
+        Some(f) => f.recv_commit().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(out: &mut OwnedWriteHalf, msg: &Message) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    codec::encode(msg, &mut buf);
+    out.write_all(&buf).await
+}
+
+struct Session<'a> {
+    ctx: &'a ConnCtx,
+    client: NodeId,
+    cursors: HashMap<u64, (Scan, u32)>,
+    next_cursor: u64,
+    watches: Vec<(u64, KeyRange)>,
+}
+
+impl Session<'_> {
+    fn db(&self) -> &Db {
+        &self.ctx.db
+    }
+
+    fn handle(&mut self, id: u64, request: Request) -> Result<Response, RemoteError> {
+        match request {
+            Request::Get { key } => Ok(Response::Value(self.db().get(key).map_err(internal)?.map(Into::into))),
+            Request::GetMany { keys } => {
+                let snap = self.db().snapshot();
+                let values = keys.iter().map(|k| snap.get(k).map(|v| v.map(Into::into))).collect::<Result<_, _>>();
+                Ok(Response::Values(values.map_err(internal)?))
+            }
+            Request::Write { ops } => self.ctx.server.retries.once((self.client, id), || self.write(ops)),
+            Request::Scan { options, chunk } => self.open_scan(options, chunk),
+            Request::ScanMore { cursor } => self.next_chunk(cursor),
+            Request::ScanClose { cursor } => {
+                self.cursors.remove(&cursor);
+                Ok(Response::Ok)
+            }
+            Request::Watch { range } => {
+                let watch = self.next_cursor;
+                self.next_cursor += 1;
+                self.watches.push((watch, range));
+                Ok(Response::Watching { watch })
+            }
+            Request::Status => Ok(Response::Status(self.status())),
+        }
+    }
+
+    fn write(&self, ops: Vec<BatchOp>) -> Result<Response, RemoteError> {
+        let server = &self.ctx.server.options;
+        if server.read_only {
+            return Err(RemoteError::new(ErrorCode::ReadOnly, "this listener is read-only"));
+        }
+        if let Some(hook) = &server.hook {
+            hook(&ops).map_err(|msg| RemoteError::new(ErrorCode::Rejected, msg))?;
+        }
+        let mut batch = Batch::new();
+        for op in ops {
+            match op {
+                BatchOp::Put { key, value } => batch.put(key, value),
+                BatchOp::Delete { key } => batch.delete(key),
+            };
+        }
+        match self.db().write(batch) {
+            Ok(dot) => Ok(Response::Written(dot)),
+            Err(e @ (StorageError::KeyTooLarge { .. } | StorageError::ValueTooLarge { .. })) => {
+                Err(RemoteError::new(ErrorCode::BadRequest, e.to_string()))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    fn open_scan(&mut self, options: ScanOptions, chunk: u32) -> Result<Response, RemoteError> {
+        let max = match self.ctx.server.options.max_cursors {
+            0 => 16,
+            n => n,
+        };
+        if self.cursors.len() >= max {
+            return Err(RemoteError::new(ErrorCode::BadRequest, format!("too many open scans (limit {max})")));
+        }
+        let cursor = self.next_cursor;
+        self.next_cursor += 1;
+        let scan = self.db().snapshot().scan(options);
+        self.cursors.insert(cursor, (scan, chunk.clamp(1, 10_000)));
+        self.next_chunk(cursor)
+    }
+
+    fn next_chunk(&mut self, cursor: u64) -> Result<Response, RemoteError> {
+        let Some((scan, chunk)) = self.cursors.get_mut(&cursor) else {
+            return Err(RemoteError::new(ErrorCode::BadRequest, format!("no open scan {cursor}")));
+        };
+        let mut entries = Vec::with_capacity(*chunk as usize);
+        let mut done = true;
+        for entry in scan.by_ref() {
+            entries.push(entry.map_err(internal)?);
+            if entries.len() == *chunk as usize {
+                done = false;
+                break;
+            }
+        }
+        if done {
+            self.cursors.remove(&cursor);
+        }
+        Ok(Response::Chunk { cursor, entries, done })
+    }
+
+    fn watch_events(&self, commit: &crate::storage::Commit) -> Vec<Message> {
+        let mut out = Vec::new();
+        for change in &commit.changes {
+            for (watch, range) in &self.watches {
+                if range.contains(&change.key) {
+                    out.push(Message::Watch {
+                        watch: *watch,
+                        key: change.key.clone(),
+                        value: change.record.value().map(<[u8]>::to_vec),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn status(&self) -> Status {
+        let db = self.db();
+        let vv = db.version_vector();
+        let keys = db.snapshot().scan(ScanOptions { values: false, ..ScanOptions::default() }).count() as u64;
+        let peers = self
+            .ctx
+            .registry
+            .statuses()
+            .into_iter()
+            .map(|p| PeerInfo {
+                addr: p.addr.to_string(),
+                node_id: p.node_id,
+                state: match p.state {
+                    PeerState::Connecting => "connecting",
+                    PeerState::Connected => "connected",
+                    PeerState::Live => "live",
+                }
+                .into(),
+                lag: p.lag,
+            })
+            .collect();
+        Status {
+            node_id: db.node_id(),
+            listen: self.ctx.local_addr.map(|a| a.to_string()),
+            version_vector: vv,
+            keys,
+            conflicts: db.conflict_count(),
+            peers,
+        }
+    }
+}
+
+fn internal(e: StorageError) -> RemoteError {
+    RemoteError::new(ErrorCode::Internal, e.to_string())
+}

@@ -1,0 +1,199 @@
+//! The client vocabulary: requests a remote client sends over a connection
+//! whose `Hello` has [`Role::Client`](super::Role::Client), and the replies.
+
+use crate::storage::{Entry, KeyRange, ScanOptions};
+use crate::version::{Dot, NodeId, VersionVector};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One operation of an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    /// Store a value.
+    Put {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+/// What a client asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// The value of one key.
+    Get {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// The values of several keys, from one snapshot.
+    GetMany {
+        /// The keys.
+        keys: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Atomic puts and deletes (a single put or delete is a batch of one).
+    Write {
+        /// The operations.
+        ops: Vec<BatchOp>,
+    },
+    /// Opens a cursor and returns its first chunk.
+    Scan {
+        /// What to iterate.
+        options: ScanOptions,
+        /// Entries per chunk.
+        chunk: u32,
+    },
+    /// The next chunk of an open cursor.
+    ScanMore {
+        /// The cursor.
+        cursor: u64,
+    },
+    /// Closes a cursor early.
+    ScanClose {
+        /// The cursor.
+        cursor: u64,
+    },
+    /// Streams changes within `range` as [`Message::Watch`](super::Message::Watch) events.
+    Watch {
+        /// Which keys.
+        range: KeyRange,
+    },
+    /// The node's status.
+    Status,
+}
+
+impl Request {
+    /// Whether the request changes data (refused on a read-only listener,
+    /// remembered for at-most-once retries).
+    pub fn is_write(&self) -> bool {
+        matches!(self, Request::Write { .. })
+    }
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// The value of a `Get`.
+    Value(Option<serde_bytes::ByteBuf>),
+    /// The values of a `GetMany`, in request order.
+    Values(Vec<Option<serde_bytes::ByteBuf>>),
+    /// A `Write` was applied; its last dot.
+    Written(Option<Dot>),
+    /// A chunk of a scan.
+    Chunk {
+        /// The cursor to ask for more with (meaningless once `done`).
+        cursor: u64,
+        /// The entries.
+        entries: Vec<Entry>,
+        /// No more entries follow.
+        done: bool,
+    },
+    /// A watch was started; events carry this id.
+    Watching {
+        /// The watch id.
+        watch: u64,
+    },
+    /// The node's status.
+    Status(Status),
+    /// Done, nothing to report.
+    Ok,
+}
+
+/// A node's status as reported to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// Where it listens.
+    pub listen: Option<String>,
+    /// Its version vector.
+    pub version_vector: VersionVector,
+    /// Live keys (tombstones excluded), counted from a snapshot.
+    pub keys: u64,
+    /// Conflicts settled since start.
+    pub conflicts: u64,
+    /// Its peers.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One peer in a [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Address.
+    pub addr: String,
+    /// Node id, once known.
+    pub node_id: Option<NodeId>,
+    /// `connecting`, `connected` (catching up) or `live`.
+    pub state: String,
+    /// Writes this node covers that the peer is not known to cover
+    /// (0 once the link is live and idle).
+    pub lag: u64,
+}
+
+/// Stable error codes a client can match on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The key does not exist (used by tools; `Get` returns `None` instead).
+    NotFound,
+    /// The listener is read-only.
+    ReadOnly,
+    /// A validation hook refused the write; the message is the hook's.
+    Rejected,
+    /// The request was malformed or exceeded a limit.
+    BadRequest,
+    /// The connection was lost and the request was not retried.
+    ConnectionLost,
+    /// The client is not allowed in.
+    Unauthorized,
+    /// The node failed (storage error); nothing was applied.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::ReadOnly => "read-only",
+            ErrorCode::Rejected => "rejected",
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::ConnectionLost => "connection-lost",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct RemoteError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
