@@ -116,9 +116,7 @@ pub(crate) async fn run(
             if !opts.retry && pending.is_empty() {
                 match commands.recv().await {
                     Some(cmd) => {
-                        if let Err(e) = accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch) {
-                            tracing::debug!(error = %e, "dropped command");
-                        }
+                        accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch);
                     }
                     None => return,
                 }
@@ -180,22 +178,22 @@ pub(crate) async fn run(
                 }
             }
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => {
+                cmd = commands.recv() => {
+                    let Some(mut cmd) = cmd else { return };
+                    // Take every command already queued: one write for the burst.
+                    for _ in 0..256 {
                         let is_watch = matches!(cmd, Command::Watch { .. });
-                        match accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch) {
-                            Ok((rid, request)) => {
-                                if is_watch {
-                                    watch_requests.insert(rid, next_watch - 1);
-                                    pending.remove(&rid);
-                                }
-                                codec::encode(&Message::Request { id: rid, request }, &mut out);
-                            }
-                            Err(e) => tracing::debug!(error = %e, "dropped command"),
+                        let (rid, request) = accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch);
+                        if is_watch {
+                            watch_requests.insert(rid, next_watch - 1);
+                        }
+                        codec::encode(&Message::Request { id: rid, request }, &mut out);
+                        match commands.try_recv() {
+                            Ok(more) => cmd = more,
+                            Err(_) => break,
                         }
                     }
-                    None => return,
-                },
+                }
                 n = rd.read(&mut chunk) => match n {
                     Ok(0) | Err(_) => break Err(()),
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -224,26 +222,26 @@ pub(crate) async fn run(
     }
 }
 
-/// Registers a command; returns the request to send.
+/// Registers a command; returns the request to send and its id.
 fn accept(
     cmd: Command,
     next_id: &mut u64,
     pending: &mut BTreeMap<u64, Pending>,
     watches: &mut HashMap<u64, Watch>,
     next_watch: &mut u64,
-) -> std::result::Result<(u64, Request), &'static str> {
+) -> (u64, Request) {
     let rid = *next_id;
     *next_id += 1;
     match cmd {
         Command::Call { request, reply } => {
             pending.insert(rid, Pending { request: request.clone(), reply });
-            Ok((rid, request))
+            (rid, request)
         }
         Command::Watch { range, events, reply } => {
             let key = *next_watch;
             *next_watch += 1;
             watches.insert(key, Watch { range: range.clone(), events, reply: Some(reply) });
-            Ok((rid, Request::Watch { range }))
+            (rid, Request::Watch { range })
         }
     }
 }

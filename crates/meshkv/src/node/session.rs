@@ -141,29 +141,47 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        let reply = match msg {
-            Some(Ok(Message::Request { id, request })) => {
-                let watching = matches!(request, Request::Watch { .. });
-                let result = session.handle(id, request);
-                if watching && feed.is_none() {
-                    feed = Some(ctx.db.subscribe(KeyRange::all()));
+        // Answer this request and any others already received, then write
+        // all replies at once (pipelined clients get one write per burst).
+        let mut replies = Vec::new();
+        let mut next = msg;
+        for _ in 0..128 {
+            match next {
+                Some(Ok(Message::Request { id, request })) => {
+                    let watching = matches!(request, Request::Watch { .. });
+                    let result = session.handle(id, request);
+                    if watching && feed.is_none() {
+                        feed = Some(ctx.db.subscribe(KeyRange::all()));
+                    }
+                    codec::encode(&Message::Reply { id, result }, &mut replies);
                 }
-                Message::Reply { id, result }
+                Some(Ok(Message::Ping)) => {}
+                Some(Ok(Message::Close { .. })) | None => {
+                    let _ = out.write_all(&replies).await;
+                    return;
+                }
+                Some(Ok(other)) => {
+                    tracing::warn!(%addr, kind = other.kind(), "unexpected message from client");
+                    codec::encode(&Message::Close { reason: CloseReason::ProtocolError }, &mut replies);
+                    let _ = out.write_all(&replies).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%addr, error = %e, "bad input from client, closing");
+                    codec::encode(&Message::Close { reason: CloseReason::ProtocolError }, &mut replies);
+                    let _ = out.write_all(&replies).await;
+                    return;
+                }
             }
-            Some(Ok(Message::Ping)) => continue,
-            Some(Ok(Message::Close { .. })) | None => return,
-            Some(Ok(other)) => {
-                tracing::warn!(%addr, kind = other.kind(), "unexpected message from client");
-                let _ = send(&mut out, &Message::Close { reason: CloseReason::ProtocolError }).await;
-                return;
+            if replies.len() >= 1 << 20 {
+                break;
             }
-            Some(Err(e)) => {
-                tracing::warn!(%addr, error = %e, "bad input from client, closing");
-                let _ = send(&mut out, &Message::Close { reason: CloseReason::ProtocolError }).await;
-                return;
+            match incoming.try_recv() {
+                Ok(m) => next = Some(m),
+                Err(_) => break,
             }
-        };
-        if send(&mut out, &reply).await.is_err() {
+        }
+        if out.write_all(&replies).await.is_err() {
             return;
         }
     }
