@@ -164,6 +164,12 @@ impl Client {
         }
     }
 
+    /// Sends `request` without waiting for (or caring about) the reply.
+    pub(crate) fn forget(&self, request: Request) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Command::Call { request, reply });
+    }
+
     pub(crate) fn retries(&self) -> bool {
         self.retry
     }

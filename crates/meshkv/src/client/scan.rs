@@ -103,5 +103,14 @@ impl ScanStream {
 }
 
 fn is_lost_cursor(e: &super::Error) -> bool {
-    e.code == ErrorCode::ConnectionLost || (e.code == ErrorCode::BadRequest && e.message.starts_with("no open scan"))
+    e.code == ErrorCode::ConnectionLost
+}
+
+impl Drop for ScanStream {
+    /// Closes the node-side cursor of a scan abandoned before its end.
+    fn drop(&mut self) {
+        if let Some(cursor) = self.cursor.take() {
+            self.client.forget(Request::ScanClose { cursor });
+        }
+    }
 }

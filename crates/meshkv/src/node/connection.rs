@@ -53,6 +53,8 @@ pub(crate) struct Ended {
 pub(crate) struct ServerState {
     pub options: ServerOptions,
     pub retries: RetryCache,
+    /// Next scan cursor id, unique across all client connections.
+    pub next_cursor: std::sync::atomic::AtomicU64,
 }
 
 type Incoming = mpsc::Receiver<Result<Message, String>>;

@@ -155,6 +155,7 @@ impl Node {
             server: Arc::new(connection::ServerState {
                 options: cfg.server.clone(),
                 retries: session::RetryCache::new(retry_memory),
+                next_cursor: std::sync::atomic::AtomicU64::new(1),
             }),
             registry: Arc::clone(&registry),
             events: events.clone(),

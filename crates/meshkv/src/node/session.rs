@@ -117,7 +117,7 @@ pub(crate) async fn serve(
         return;
     }
     tracing::debug!(%addr, client = %hello.node, "client connected");
-    let mut session = Session { ctx, client: hello.node, cursors: HashMap::new(), next_cursor: 1, watches: Vec::new() };
+    let mut session = Session { ctx, client: hello.node, cursors: HashMap::new(), next_watch: 1, watches: Vec::new() };
     let mut feed = None;
     let mut shutdown = ctx.shutdown.clone();
     loop {
@@ -204,7 +204,7 @@ struct Session<'a> {
     ctx: &'a ConnCtx,
     client: NodeId,
     cursors: HashMap<u64, (Scan, u32)>,
-    next_cursor: u64,
+    next_watch: u64,
     watches: Vec<(u64, KeyRange)>,
 }
 
@@ -229,8 +229,8 @@ impl Session<'_> {
                 Ok(Response::Ok)
             }
             Request::Watch { range } => {
-                let watch = self.next_cursor;
-                self.next_cursor += 1;
+                let watch = self.next_watch;
+                self.next_watch += 1;
                 self.watches.push((watch, range));
                 Ok(Response::Watching { watch })
             }
@@ -270,8 +270,9 @@ impl Session<'_> {
         if self.cursors.len() >= max {
             return Err(RemoteError::new(ErrorCode::BadRequest, format!("too many open scans (limit {max})")));
         }
-        let cursor = self.next_cursor;
-        self.next_cursor += 1;
+        // Node-wide ids: a cursor id from a lost connection never names a
+        // scan of the client's next connection.
+        let cursor = self.ctx.server.next_cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let scan = self.db().snapshot().scan(options);
         self.cursors.insert(cursor, (scan, chunk.clamp(1, 10_000)));
         self.next_chunk(cursor)
@@ -279,7 +280,8 @@ impl Session<'_> {
 
     fn next_chunk(&mut self, cursor: u64) -> Result<Response, RemoteError> {
         let Some((scan, chunk)) = self.cursors.get_mut(&cursor) else {
-            return Err(RemoteError::new(ErrorCode::BadRequest, format!("no open scan {cursor}")));
+            // Finished, closed, or opened on a connection that was lost.
+            return Err(RemoteError::new(ErrorCode::ConnectionLost, format!("scan cursor {cursor} is not open here")));
         };
         let mut entries = Vec::with_capacity(*chunk as usize);
         let mut done = true;

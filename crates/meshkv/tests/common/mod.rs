@@ -24,3 +24,157 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 pub async fn start(db: Db) -> Node {
     Node::start(db, NodeConfig { listen: loopback(), ..NodeConfig::default() }).await.expect("start")
 }
+
+/// Starts a node for `db` listening on loopback, serving clients with `server`.
+pub async fn start_serving(db: Db, server: meshkv::node::ServerOptions) -> Node {
+    Node::start(db, NodeConfig { listen: loopback(), server, ..NodeConfig::default() }).await.expect("start")
+}
+
+/// A loopback TCP proxy in front of a node that can cut connections.
+///
+/// Accepts on 127.0.0.1 (ephemeral port), dials the target for each accepted
+/// connection and copies bytes both ways. [`Proxy::cut`] drops every
+/// connection proxied at that moment (later ones keep working);
+/// [`Proxy::cut_on_next_request`] drops the next connection on which the
+/// client sends anything, without forwarding those bytes, and
+/// [`Proxy::cut_on_next_reply`] the next one on which the node sends
+/// anything (the request was handled, its reply is lost).
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: std::sync::Arc<ProxyShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyShared {
+    target: SocketAddr,
+    generation: tokio::sync::watch::Sender<u64>,
+    armed_request: std::sync::atomic::AtomicBool,
+    armed_reply: std::sync::atomic::AtomicBool,
+    accepted: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Proxy {
+    /// Starts a proxy forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(loopback().expect("loopback")).await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let shared = std::sync::Arc::new(ProxyShared {
+            target,
+            generation,
+            armed_request: std::sync::atomic::AtomicBool::new(false),
+            armed_reply: std::sync::atomic::AtomicBool::new(false),
+            accepted: std::sync::atomic::AtomicU64::new(0),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        });
+        let task = tokio::spawn(proxy_accept(listener, std::sync::Arc::clone(&shared)));
+        Proxy { addr, shared, task }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Drops every connection proxied right now.
+    pub fn cut(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How many cuts were made so far.
+    pub fn cuts(&self) -> u64 {
+        *self.shared.generation.borrow()
+    }
+
+    /// The next time a client sends bytes on any proxied connection, drop
+    /// that connection instead of forwarding them (once).
+    pub fn cut_on_next_request(&self) {
+        self.shared.armed_request.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next time the node sends bytes on any proxied connection, drop
+    /// that connection instead of forwarding them (once).
+    pub fn cut_on_next_reply(&self) {
+        self.shared.armed_reply.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a `cut_on_next_request` or `cut_on_next_reply` is still pending.
+    pub fn armed(&self) -> bool {
+        self.shared.armed_request.load(std::sync::atomic::Ordering::SeqCst)
+            || self.shared.armed_reply.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many connections `cut_on_next_request`/`cut_on_next_reply` dropped.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far (the first connection plus one per reconnect).
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops accepting and drops every proxied connection.
+    pub fn stop(self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_accept(listener: tokio::net::TcpListener, shared: std::sync::Arc<ProxyShared>) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        shared.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Subscribe before dialing: a cut from now on drops this connection.
+        let mut cut = shared.generation.subscribe();
+        cut.borrow_and_update();
+        let shared = std::sync::Arc::clone(&shared);
+        tokio::spawn(async move {
+            let Ok(server) = tokio::net::TcpStream::connect(shared.target).await else { return };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (client_rd, client_wr) = client.into_split();
+            let (server_rd, server_wr) = server.into_split();
+            tokio::select! {
+                _ = pump(client_rd, server_wr, &shared.armed_request, &shared) => {}
+                _ = pump(server_rd, client_wr, &shared.armed_reply, &shared) => {}
+                _ = cut.changed() => {}
+            }
+            // Both sockets are dropped here: the client and the node each see
+            // the connection close.
+        });
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    armed: &std::sync::atomic::AtomicBool,
+    shared: &ProxyShared,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            shared.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
