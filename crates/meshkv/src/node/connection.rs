@@ -118,6 +118,7 @@ async fn drive(
     let mut ended = Ended { peer: None, reason: None, handshaken: false };
     let mut peer_gone = false;
     let mut lag = 0;
+    let mut progress_logged = std::time::Instant::now();
     if *shutdown.borrow() {
         link.close(CloseReason::Shutdown);
     }
@@ -211,7 +212,7 @@ async fn drive(
             break;
         }
         let (sent, received) = link.item_counts();
-        ctx.registry.set_counts(conn, sent, received, lag);
+        ctx.registry.set_counts(conn, sent, received, lag, link.catch_up_progress());
 
         tokio::select! {
             biased;
@@ -246,6 +247,12 @@ async fn drive(
             _ = tick.tick() => {
                 link.handle_tick(ctx.now_ms());
                 lag = link.lag(&ctx.db.version_vector());
+                if let (Some((done, total)), Some(peer)) = (link.catch_up_progress(), ended.peer) {
+                    if done > 0 && progress_logged.elapsed() >= Duration::from_secs(2) {
+                        progress_logged = std::time::Instant::now();
+                        tracing::info!(%addr, %peer, records = done, at_most = total, "initial sync in progress");
+                    }
+                }
             }
         }
     }

@@ -35,6 +35,9 @@ pub struct PeerStatus {
     /// Writes this node covers that the peer is not yet known to cover
     /// (what our sending half has not sent yet; 0 for receive-only links).
     pub lag: u64,
+    /// While a catch-up from the peer runs: records applied and an upper
+    /// bound of the total.
+    pub sync: Option<(u64, u64)>,
 }
 
 pub(crate) struct Registry {
@@ -76,8 +79,10 @@ impl Registry {
         let mut g = self.lock();
         g.next_conn += 1;
         let id = g.next_conn;
-        g.status
-            .insert(id, PeerStatus { addr, node_id: None, state: PeerState::Connecting, sent: 0, received: 0, lag: 0 });
+        g.status.insert(
+            id,
+            PeerStatus { addr, node_id: None, state: PeerState::Connecting, sent: 0, received: 0, lag: 0, sync: None },
+        );
         id
     }
 
@@ -122,11 +127,12 @@ impl Registry {
         }
     }
 
-    pub fn set_counts(&self, conn: u64, sent: u64, received: u64, lag: u64) {
+    pub fn set_counts(&self, conn: u64, sent: u64, received: u64, lag: u64, sync: Option<(u64, u64)>) {
         if let Some(s) = self.lock().status.get_mut(&conn) {
             s.sent = sent;
             s.received = received;
             s.lag = lag;
+            s.sync = sync;
         }
     }
 

@@ -333,6 +333,7 @@ impl Session<'_> {
                 }
                 .into(),
                 lag: p.lag,
+                sync: p.sync,
             })
             .collect();
         Status {

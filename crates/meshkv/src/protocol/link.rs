@@ -150,6 +150,13 @@ impl Link {
         self.send.as_ref().is_none_or(SendHalf::is_live)
     }
 
+    /// Progress of a catch-up we are receiving: `(records applied, writes
+    /// the sender's snapshot names beyond what we had)`. The second number
+    /// counts superseded writes too, so it is an upper bound.
+    pub fn catch_up_progress(&self) -> Option<(u64, u64)> {
+        self.recv.as_ref().and_then(RecvHalf::catch_up_progress)
+    }
+
     /// Records sent and received on this link.
     pub fn item_counts(&self) -> (u64, u64) {
         (self.send.as_ref().map_or(0, |s| s.sent_items), self.recv.as_ref().map_or(0, |r| r.received_items))

@@ -35,6 +35,18 @@ impl RecvHalf {
         RecvHalf { peer, phase: Phase::Waiting, received_items: 0, catch_ups: 0 }
     }
 
+    /// How far a running catch-up is: `(records applied on this link, writes
+    /// the sender's snapshot names)`; `None` when no catch-up is running.
+    pub fn catch_up_progress(&self) -> Option<(u64, u64)> {
+        match &self.phase {
+            Phase::CatchingUp { since, snapshot } => {
+                let total = snapshot.iter().map(|(o, s)| s.saturating_sub(since.get(o))).sum();
+                Some((self.received_items, total))
+            }
+            _ => None,
+        }
+    }
+
     /// The digest that opens the flow towards us.
     pub fn digest(&self, db: &Db) -> crate::Result<Message> {
         Ok(Message::Digest { vv: db.version_vector(), resume: db.resume_point(self.peer)? })

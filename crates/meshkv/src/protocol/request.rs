@@ -139,6 +139,9 @@ pub struct PeerInfo {
     /// Writes this node covers that the peer is not known to cover
     /// (0 once the link is live and idle).
     pub lag: u64,
+    /// While a catch-up from this peer runs: records applied so far and an
+    /// upper bound of the total.
+    pub sync: Option<(u64, u64)>,
 }
 
 /// Stable error codes a client can match on.
