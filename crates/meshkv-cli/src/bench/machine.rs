@@ -55,3 +55,41 @@ pub fn load_average() -> Option<[f64; 3]> {
     let mut it = s.split_whitespace().map(|f| f.parse::<f64>().ok());
     Some([it.next()??, it.next()??, it.next()??])
 }
+
+/// Peak resident set size of this process so far (`VmHWM` in
+/// `/proc/self/status`), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// Current resident set size of this process (`VmRSS`), in KiB.
+pub fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// Anonymous (heap, stacks) and file-backed parts of the current resident
+/// set (`RssAnon`, `RssFile`), in KiB.
+pub fn rss_parts_kib() -> (Option<u64>, Option<u64>) {
+    (status_kib("RssAnon:"), status_kib("RssFile:"))
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let s = fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_readable_on_linux() {
+        if cfg!(target_os = "linux") {
+            // RSS first: other tests in this process may allocate in between.
+            let now = rss_kib().expect("VmRSS");
+            let peak = peak_rss_kib().expect("VmHWM");
+            assert!(peak >= now && now > 0, "peak {peak} KiB, now {now} KiB");
+        }
+    }
+}

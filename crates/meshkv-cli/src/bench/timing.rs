@@ -43,6 +43,20 @@ fn thread_cpu() -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
+/// On-CPU time (user + system) of the whole process so far, including
+/// threads that have exited (`/proc/self/stat`, in units of `USER_HZ` =
+/// 1/100 s on Linux).
+pub fn process_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start with
+    // field 3, `state`; utime and stime are fields 14 and 15.
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +69,20 @@ mod tests {
         assert!(e.wall >= Duration::from_millis(30));
         if let Some(cpu) = e.cpu {
             assert!(cpu < Duration::from_millis(25), "sleeping used {cpu:?} of CPU");
+        }
+    }
+
+    #[test]
+    fn process_cpu_counts_busy_work() {
+        let Some(before) = process_cpu() else { return };
+        // Spin until the process has used 30 ms more CPU; give up after 5 s.
+        let t = Instant::now();
+        let mut x = 0u64;
+        while process_cpu().expect("readable once") < before + Duration::from_millis(30) {
+            assert!(t.elapsed() < Duration::from_secs(5), "process CPU time does not advance");
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
     }
 }

@@ -26,18 +26,8 @@ impl Workload {
         let mut keys = Vec::with_capacity(n);
         let mut values = Vec::with_capacity(n * value_size);
         for i in 0..n as u64 {
-            let mut k = [0u8; KEY_LEN];
-            k[..8].copy_from_slice(&splitmix64(i).to_be_bytes());
-            k[8..].copy_from_slice(&i.to_be_bytes());
-            keys.push(k);
-            let mut state = splitmix64(i ^ 0x5eed_0fba_5eba_1100);
-            let mut left = value_size;
-            while left > 0 {
-                state = splitmix64(state);
-                let take = left.min(8);
-                values.extend_from_slice(&state.to_le_bytes()[..take]);
-                left -= take;
-            }
+            keys.push(key_at(i));
+            push_value(i, value_size, &mut values);
         }
         Workload { keys, values, value_size }
     }
@@ -62,6 +52,26 @@ impl Workload {
     pub fn batches(&self, batch_size: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         let n = self.len();
         (0..n).step_by(batch_size.max(1)).map(move |start| start..(start + batch_size).min(n))
+    }
+}
+
+/// Key `i` of the sequence (see the module documentation).
+pub fn key_at(i: u64) -> [u8; KEY_LEN] {
+    let mut k = [0u8; KEY_LEN];
+    k[..8].copy_from_slice(&splitmix64(i).to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Appends value `i` of the sequence (`value_size` pseudo-random bytes) to `out`.
+pub fn push_value(i: u64, value_size: usize, out: &mut Vec<u8>) {
+    let mut state = splitmix64(i ^ 0x5eed_0fba_5eba_1100);
+    let mut left = value_size;
+    while left > 0 {
+        state = splitmix64(state);
+        let take = left.min(8);
+        out.extend_from_slice(&state.to_le_bytes()[..take]);
+        left -= take;
     }
 }
 
@@ -94,5 +104,14 @@ mod tests {
         assert!((0..3).all(|i| w.value(i).len() == 13));
         let w = Workload::new(2, 0);
         assert!(w.value(1).is_empty());
+    }
+
+    #[test]
+    fn streamed_entries_match_the_workload() {
+        let w = Workload::new(5, 37);
+        let mut v = Vec::new();
+        push_value(3, 37, &mut v);
+        assert_eq!(w.key(3), key_at(3));
+        assert_eq!(w.value(3), &v[..]);
     }
 }

@@ -163,7 +163,10 @@ pub(crate) async fn run(
                 }
                 out.clear();
             }
-            // Dispatch whatever complete frames are buffered.
+            // Dispatch whatever complete frames are buffered. A frame that
+            // cannot be decoded leaves the stream out of step: drop the
+            // connection (and reconnect) rather than guess.
+            let mut broken = false;
             loop {
                 match codec::decode(&buf, opts.max_frame) {
                     Ok(Some((msg, used))) => {
@@ -171,11 +174,16 @@ pub(crate) async fn run(
                         on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches);
                     }
                     Ok(None) => break,
-                    Err(_) => {
-                        buf.clear();
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "undecodable frame from node; reconnecting");
+                        broken = true;
                         break;
                     }
                 }
+            }
+            if broken {
+                buf.clear();
+                break Err(());
             }
             tokio::select! {
                 cmd = commands.recv() => {

@@ -166,7 +166,9 @@ impl Node {
         let mut node =
             Node { db, local_addr, registry, events, shutdown, tasks: JoinSet::new(), ctx, cfg: cfg.clone() };
         if let Some(listener) = listener {
-            tracing::info!(addr = ?local_addr, node = %node.db.node_id(), "listening");
+            if let Some(addr) = local_addr {
+                tracing::info!(%addr, node = %node.db.node_id(), "listening");
+            }
             node.tasks.spawn(accept_loop(listener, node.ctx.clone(), cfg.clone()));
         }
         node.tasks.spawn(forward_conflicts(node.db.clone(), node.events.clone(), node.ctx.shutdown.clone()));

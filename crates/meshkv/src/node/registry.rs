@@ -146,8 +146,24 @@ impl Registry {
         self.lock().links.contains_key(&peer)
     }
 
+    /// Live connections, plus configured peers that are not connected now.
     pub fn statuses(&self) -> Vec<PeerStatus> {
-        let mut v: Vec<_> = self.lock().status.values().cloned().collect();
+        let g = self.lock();
+        let mut v: Vec<_> = g.status.values().cloned().collect();
+        for addr in g.dial.keys() {
+            let connected = g.addr_ids.get(addr).is_some_and(|id| g.links.contains_key(id));
+            if !connected && !g.own_addrs.contains(addr) && !v.iter().any(|s| s.addr == *addr) {
+                v.push(PeerStatus {
+                    addr: *addr,
+                    node_id: g.addr_ids.get(addr).copied(),
+                    state: PeerState::Connecting,
+                    sent: 0,
+                    received: 0,
+                    lag: 0,
+                    sync: None,
+                });
+            }
+        }
         v.sort_by_key(|s| (s.addr, s.node_id));
         v
     }

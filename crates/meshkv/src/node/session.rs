@@ -15,6 +15,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+/// A scan chunk stops growing past this many bytes of keys and values.
+const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// A validation hook: sees every write (a put or delete is a batch of one)
 /// before it is applied; an `Err` refuses it with that message.
 pub type WriteHook = dyn Fn(&[BatchOp]) -> Result<(), String> + Send + Sync;
@@ -283,11 +286,15 @@ impl Session<'_> {
             // Finished, closed, or opened on a connection that was lost.
             return Err(RemoteError::new(ErrorCode::ConnectionLost, format!("scan cursor {cursor} is not open here")));
         };
-        let mut entries = Vec::with_capacity(*chunk as usize);
+        let mut entries = Vec::with_capacity((*chunk as usize).min(1024));
+        let mut bytes = 0;
         let mut done = true;
         for entry in scan.by_ref() {
-            entries.push(entry.map_err(internal)?);
-            if entries.len() == *chunk as usize {
+            let entry = entry.map_err(internal)?;
+            bytes += entry.key.len() + entry.value.len();
+            entries.push(entry);
+            // Count and size both bound a chunk, so any chunk fits a frame.
+            if entries.len() == *chunk as usize || bytes >= SCAN_CHUNK_BYTES {
                 done = false;
                 break;
             }
@@ -338,6 +345,7 @@ impl Session<'_> {
             .collect();
         Status {
             node_id: db.node_id(),
+            cluster: self.ctx.cluster.clone(),
             listen: self.ctx.local_addr.map(|a| a.to_string()),
             version_vector: vv,
             keys,

@@ -115,6 +115,8 @@ pub enum Response {
 pub struct Status {
     /// The node's id.
     pub node_id: NodeId,
+    /// Its cluster name.
+    pub cluster: String,
     /// Where it listens.
     pub listen: Option<String>,
     /// Its version vector.

@@ -1,0 +1,118 @@
+//! Error exits of the command line: node down, bad arguments, `serve` on a
+//! port in use or an unusable data directory, refused requests, and a
+//! graceful shutdown on SIGTERM.
+
+mod cli_support;
+
+use cli_support::{free_port, meshkv, run, run_cmd, Server};
+use std::net::TcpListener;
+
+#[test]
+fn node_down_exits_2_with_a_clear_error() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    for args in [
+        vec!["get", "k"],
+        vec!["put", "k", "v"],
+        vec!["del", "k"],
+        vec!["scan"],
+        vec!["status", "--json"],
+        vec!["export"],
+        vec!["watch"],
+    ] {
+        let mut all = vec!["--node", addr.as_str()];
+        all.extend(args);
+        run(&all).fails(2, &format!("error: cannot connect to {addr}"));
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_usage() {
+    for args in [
+        vec!["get"],
+        vec!["put", "only-key"],
+        vec!["scan", "--limit", "many"],
+        vec!["import"],
+        vec!["frobnicate"],
+        vec!["status", "--bogus"],
+        vec![],
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code(), Some(2), "{args:?}: {r:?}");
+        assert!(r.stderr.contains("error:") || r.stderr.contains("Usage:"), "{args:?}: {r:?}");
+        assert!(r.stderr.contains("--help") || r.stderr.contains("Usage:"), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
+fn serve_on_a_port_in_use_exits_2() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let r = run(&["serve", "--data", data.to_str().unwrap(), "--listen", &addr]);
+    r.fails(2, &format!("cannot listen on {addr}"));
+    assert!(r.stderr.to_lowercase().contains("in use"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+}
+
+#[test]
+fn serve_on_a_locked_or_foreign_data_dir_exits_2() {
+    let s = Server::start(&[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    run(&["serve", "--data", s.data.to_str().unwrap(), "--listen", &addr]).fails(2, "locked");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    run(&["serve", "--data", dir.path().to_str().unwrap(), "--listen", &addr]).fails(2, "not a meshkv store");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("MESHKV"), "garbage").unwrap();
+    run(&["serve", "--data", dir.path().to_str().unwrap(), "--listen", &addr]).fails(2, "corrupt");
+}
+
+#[test]
+fn serve_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let port = free_port();
+    run(&["serve", "--data", data, "--listen", &format!("0.0.0.0:{port}")]).fails(2, "--insecure");
+    run(&["serve", "--data", data, "--listen", "nonsense"]).fails(2, "cannot resolve listen address");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nfavourite_color = \"blue\"\n").unwrap();
+    run(&["serve", "--config", config.to_str().unwrap()]).fails(2, "favourite_color");
+    run(&["serve", "--config", "/nonexistent/node.toml"]).fails(2, "cannot read config");
+}
+
+#[test]
+fn refused_requests_exit_2() {
+    let s = Server::start(&["--read-only", "--cluster", "blue"]);
+    s.run(&["get", "k"]).fails(2, "cluster");
+    let mut cmd = meshkv();
+    cmd.env("MESHKV_CLUSTER", "blue").args(["--node", &s.addr, "put", "k", "v"]);
+    run_cmd(cmd, None).fails(2, "read-only");
+    let mut cmd = meshkv();
+    cmd.args(["--cluster", "blue", "--node", &s.addr, "get", "k"]);
+    run_cmd(cmd, None).fails(1, "not found");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_down_gracefully_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_on(&data, &[]);
+    s.run(&["put", "kept", "yes"]).ok();
+    let pid = s.child.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut status = None;
+    cli_support::eventually(10, "serve to exit after SIGTERM", || {
+        status = s.child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0), "{}", s.log_text());
+    assert!(s.log_text().contains("shutting down"), "{}", s.log_text());
+    drop(s);
+    let s = Server::start_on(&data, &[]);
+    assert_eq!(s.run(&["get", "kept"]).ok(), "yes");
+}
