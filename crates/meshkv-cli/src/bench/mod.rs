@@ -1,5 +1,6 @@
 //! `meshkv bench ...`: benchmarks.
 
+mod client;
 mod latency;
 mod local;
 mod machine;
@@ -30,6 +31,9 @@ enum BenchCommand {
     /// The receiving node of `bench replicate`, run as a child process.
     #[command(hide = true)]
     ReplicateReceiver(replicate::ReceiverArgs),
+    /// Remote put and get through the client library: sequential and with
+    /// many requests in flight.
+    Client(client::ClientArgs),
     /// Put-on-A to visible-on-B latency of two connected nodes under a
     /// paced write load.
     Latency(latency::LatencyArgs),
@@ -42,6 +46,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Replicate(a) => replicate::run(a),
         BenchCommand::ReplicateReceiver(a) => replicate::run_receiver(a),
         BenchCommand::Latency(a) => latency::run(a),
+        BenchCommand::Client(a) => client::run(a),
     }
 }
 

@@ -65,25 +65,24 @@ type Incoming = mpsc::Receiver<Result<Message, String>>;
 pub(crate) async fn run(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, dialed: bool) -> Ended {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let (in_tx, mut incoming) = mpsc::channel::<Result<Message, String>>(16);
-    let reader = tokio::spawn(read_frames(read_half, in_tx, ctx.max_frame));
+    let mut frames = FrameReader::new(read_half, ctx.max_frame);
     let mut first = None;
     if !dialed {
         let wait = Duration::from_millis(cfg.handshake_timeout_ms);
-        match tokio::time::timeout(wait, incoming.recv()).await {
+        match tokio::time::timeout(wait, frames.next()).await {
             Ok(Some(Ok(Message::Hello(hello)))) if hello.role == Role::Client => {
-                session::serve(&ctx, hello, incoming, write_half, addr).await;
-                reader.abort();
+                session::serve(&ctx, hello, frames, write_half, addr).await;
                 return Ended { peer: None, reason: None, handshaken: false };
             }
             Ok(Some(msg)) => first = Some(msg),
             Ok(None) | Err(_) => {
                 tracing::debug!(%addr, "no handshake; dropping connection");
-                reader.abort();
                 return Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false };
             }
         }
     }
+    let (in_tx, incoming) = mpsc::channel::<Result<Message, String>>(16);
+    let reader = tokio::spawn(read_frames(frames, in_tx));
     let conn = ctx.registry.new_connection(addr);
     let ended = drive(&ctx, incoming, write_half, first, addr, cfg, dialed, conn).await;
     reader.abort();
@@ -259,33 +258,65 @@ async fn drive(
     ended
 }
 
-/// Reads frames until EOF or an error; malformed input ends the stream with
-/// an error message.
-async fn read_frames(mut rd: OwnedReadHalf, tx: mpsc::Sender<Result<Message, String>>, max_frame: usize) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut start = 0;
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        loop {
-            match codec::decode(&buf[start..], max_frame) {
-                Ok(Some((msg, used))) => {
-                    start += used;
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string())).await;
-                    return;
-                }
+/// Decodes frames from a socket, buffering partial ones.
+pub(crate) struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+    failed: bool,
+}
+
+impl FrameReader {
+    pub fn new(rd: OwnedReadHalf, max_frame: usize) -> Self {
+        FrameReader { rd, buf: Vec::with_capacity(64 * 1024), start: 0, max_frame, failed: false }
+    }
+
+    /// A frame already buffered, without reading. After a malformed frame
+    /// the reader yields nothing more.
+    pub fn try_next(&mut self) -> Option<Result<Message, String>> {
+        if self.failed {
+            return None;
+        }
+        match codec::decode(&self.buf[self.start..], self.max_frame) {
+            Ok(Some((msg, used))) => {
+                self.start += used;
+                Some(Ok(msg))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e.to_string()))
             }
         }
-        buf.drain(..start);
-        start = 0;
-        match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+    }
+
+    /// The next frame; `None` at end of stream. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Message, String>> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(m) = self.try_next() {
+                return Some(m);
+            }
+            if self.failed {
+                return None;
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            match self.rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Forwards frames to the link task until EOF or a malformed frame (which
+/// is forwarded as an error).
+async fn read_frames(mut frames: FrameReader, tx: mpsc::Sender<Result<Message, String>>) {
+    while let Some(m) = frames.next().await {
+        if tx.send(m).await.is_err() {
+            return;
         }
     }
 }

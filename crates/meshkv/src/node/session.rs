@@ -2,7 +2,7 @@
 //! streamed scans with cursors, watches, at-most-once retries, read-only
 //! listeners and validation hooks.
 
-use super::connection::ConnCtx;
+use super::connection::{ConnCtx, FrameReader};
 use super::registry::PeerState;
 use crate::protocol::request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
 use crate::protocol::{codec, CloseReason, Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 
 /// A scan chunk stops growing past this many bytes of keys and values.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
@@ -89,7 +88,7 @@ impl RetryCache {
 pub(crate) async fn serve(
     ctx: &ConnCtx,
     hello: Hello,
-    mut incoming: mpsc::Receiver<Result<Message, String>>,
+    mut incoming: FrameReader,
     mut out: OwnedWriteHalf,
     addr: SocketAddr,
 ) {
@@ -125,7 +124,7 @@ pub(crate) async fn serve(
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let msg = tokio::select! {
-            msg = incoming.recv() => msg,
+            msg = incoming.next() => msg,
             commit = recv_feed(&mut feed) => {
                 let events = match commit {
                     Ok(commit) => session.watch_events(&commit),
@@ -179,9 +178,9 @@ pub(crate) async fn serve(
             if replies.len() >= 1 << 20 {
                 break;
             }
-            match incoming.try_recv() {
-                Ok(m) => next = Some(m),
-                Err(_) => break,
+            match incoming.try_next() {
+                Some(m) => next = Some(m),
+                None => break,
             }
         }
         if out.write_all(&replies).await.is_err() {

@@ -1,0 +1,166 @@
+//! `meshkv bench client`: remote put and get throughput through
+//! `meshkv::Client` against a node in this process, over loopback TCP —
+//! one request at a time (each waits for its reply) and with many in flight.
+//!
+//! The node runs on a fresh store (default durability) on a multi-thread
+//! tokio runtime; the client runs on the same runtime. Sequential: one task
+//! issues `--ops` puts, then `--ops` gets of the same keys, each awaited
+//! before the next. In flight: `--in-flight` tasks share one client (one
+//! connection, requests pipelined) and split the same number of operations.
+//! Batched: the same tasks send `--batch` operations per request (an atomic
+//! `batch` of puts, or one `get_many`); throughput counts operations.
+//! Keys are 16 bytes (scattered), values `--value-size` bytes.
+
+use super::machine;
+use super::workload::{key_at, push_value};
+use anyhow::{Context, Result};
+use clap::Args;
+use meshkv::client::{Client, ClientOptions};
+use meshkv::node::{Node, NodeConfig};
+use meshkv::protocol::BatchOp;
+use meshkv::{Db, Options};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `meshkv bench client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Operations per measurement.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    ops: u64,
+    /// Requests in flight for the pipelined measurements.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    in_flight: u64,
+    /// Operations per request for the batched measurements (`batch`, `get_many`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    batch: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Where the temporary store goes (default: the system temp directory).
+    #[arg(long, env = "MESHKV_BENCH_DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// Runs `meshkv bench client`.
+pub fn run(args: ClientArgs) -> Result<()> {
+    let base = super::base_dir(args.dir.as_deref())?;
+    let dir = super::temp_dir(&base, "meshkv-bench-client-")?;
+    let rt = super::runtime()?;
+    let results = rt.block_on(measure(&args, dir.path()))?;
+    if args.json {
+        println!("{results}");
+    } else {
+        let names = [
+            "put_seq_per_s",
+            "get_seq_per_s",
+            "put_in_flight_per_s",
+            "get_in_flight_per_s",
+            "put_batched_per_s",
+            "get_many_per_s",
+        ];
+        for name in names {
+            println!("{name:<22} {:>12.0}", results[name].as_f64().unwrap_or(0.0));
+        }
+        println!("({} ops each, {} in flight, {}-byte values)", args.ops, args.in_flight, args.value_size);
+    }
+    Ok(())
+}
+
+async fn measure(args: &ClientArgs, dir: &std::path::Path) -> Result<serde_json::Value> {
+    let db = Db::open(dir, Options::default()).context("cannot open the benchmark store")?;
+    let cfg = NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), ..NodeConfig::default() };
+    let node = Node::start(db, cfg).await.context("cannot start the node")?;
+    let addr = node.local_addr().context("node has no address")?;
+    let client = Client::connect(addr, ClientOptions::default()).await.context("cannot connect")?;
+    let (ops, size) = (args.ops, args.value_size);
+    let value = move |i: u64| {
+        let mut v = Vec::with_capacity(size);
+        push_value(i, size, &mut v);
+        v
+    };
+
+    let started = Instant::now();
+    for i in 0..ops {
+        client.put(key_at(i).to_vec(), value(i)).await.context("put")?;
+    }
+    let put_seq = ops as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for i in 0..ops {
+        client.get(key_at(i).to_vec()).await.context("get")?;
+    }
+    let get_seq = ops as f64 / started.elapsed().as_secs_f64();
+
+    let put_par = in_flight(&client, ops, args.in_flight, move |c, i| {
+        let v = value(ops + i);
+        async move { c.put(key_at(ops + i).to_vec(), v).await.map(|_| ()) }
+    })
+    .await?;
+    let get_par = in_flight(&client, ops, args.in_flight, move |c, i| async move {
+        c.get(key_at(ops + i).to_vec()).await.map(|_| ())
+    })
+    .await?;
+    // Batched: each request carries `batch` operations; `in_flight` tasks.
+    let batch = args.batch;
+    let requests = ops.div_ceil(batch);
+    let put_batched = in_flight(&client, requests, args.in_flight, move |c, r| {
+        let ops: Vec<BatchOp> = (r * batch..((r + 1) * batch).min(ops))
+            .map(|i| BatchOp::Put { key: key_at(2 * ops + i).to_vec(), value: value(i) })
+            .collect();
+        async move { c.batch(ops).await.map(|_| ()) }
+    })
+    .await?
+        * batch as f64;
+    let get_many = in_flight(&client, requests, args.in_flight, move |c, r| {
+        let keys: Vec<Vec<u8>> =
+            (r * batch..((r + 1) * batch).min(ops)).map(|i| key_at(2 * ops + i).to_vec()).collect();
+        async move { c.get_many(keys).await.map(|_| ()) }
+    })
+    .await?
+        * batch as f64;
+    node.shutdown().await;
+    Ok(json!({
+        "batch": batch,
+        "put_batched_per_s": put_batched,
+        "get_many_per_s": get_many,
+        "machine": machine::describe(),
+        "ops": ops,
+        "in_flight": args.in_flight,
+        "value_size": args.value_size,
+        "put_seq_per_s": put_seq,
+        "get_seq_per_s": get_seq,
+        "put_in_flight_per_s": put_par,
+        "get_in_flight_per_s": get_par,
+    }))
+}
+
+/// Runs `ops` operations from `tasks` concurrent tasks sharing `client`;
+/// returns operations per second.
+async fn in_flight<F, Fut>(client: &Client, ops: u64, tasks: u64, op: F) -> Result<f64>
+where
+    F: Fn(Client, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = meshkv::client::Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let (client, op) = (client.clone(), op.clone());
+        set.spawn(async move {
+            let mut i = t;
+            while i < ops {
+                op(client.clone(), i).await?;
+                i += tasks;
+            }
+            Ok::<_, meshkv::client::Error>(())
+        });
+    }
+    while let Some(res) = set.join_next().await {
+        res.context("benchmark task panicked")?.context("remote operation failed")?;
+    }
+    Ok(ops as f64 / started.elapsed().as_secs_f64())
+}
