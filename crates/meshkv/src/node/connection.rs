@@ -214,7 +214,8 @@ async fn drive(
         ctx.registry.set_counts(conn, sent, received, lag, link.catch_up_progress());
 
         tokio::select! {
-            biased;
+            // Unbiased: a busy socket must not starve the feed (whose ring
+            // holds records in memory until every subscriber has read them).
             reason = &mut close_rx => link.close(reason.unwrap_or(CloseReason::Duplicate)),
             _ = shutdown.changed() => link.close(CloseReason::Shutdown),
             res = write_half.write(&out[written..]), if written < out.len() => match res {

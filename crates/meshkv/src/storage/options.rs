@@ -34,7 +34,8 @@ pub struct Options {
     /// Largest accepted value, bytes (default 16 MiB, at most [`VALUE_LEN_CEILING`]).
     pub max_value_len: usize,
     /// Commits buffered per change-feed subscriber before it is told it
-    /// lagged (default 4096).
+    /// lagged (default 256). Commits hold their records, so this bounds the
+    /// feed's memory: a replication batch is up to a few thousand records.
     pub feed_capacity: usize,
     /// Block cache size in bytes (default 64 MiB).
     pub cache_bytes: u64,
@@ -54,7 +55,7 @@ impl Default for Options {
             policy: ConflictPolicy::default(),
             max_key_len: 16 * 1024,
             max_value_len: 16 * 1024 * 1024,
-            feed_capacity: 4096,
+            feed_capacity: 256,
             cache_bytes: 64 * 1024 * 1024,
             clock: Arc::new(SystemClock),
             new_node_id: None,
