@@ -121,19 +121,8 @@ async fn drive(
     if *shutdown.borrow() {
         link.close(CloseReason::Shutdown);
     }
-    match first {
-        Some(Ok(msg)) => {
-            if let Err(e) = link.handle_message(msg, ctx.now_ms()) {
-                tracing::warn!(%addr, error = %e, "closing connection");
-                let _ = ctx.events.send(NodeEvent::Error { addr, message: e.to_string() });
-            }
-        }
-        Some(Err(e)) => {
-            tracing::warn!(%addr, error = %e, "bad input, closing connection");
-            let _ = ctx.events.send(NodeEvent::Error { addr, message: e });
-            link.close(CloseReason::ProtocolError);
-        }
-        None => {}
+    if let Some(frame) = first {
+        deliver(ctx, &mut link, addr, frame);
     }
 
     loop {
@@ -223,17 +212,7 @@ async fn drive(
                 Ok(n) => written += n,
             },
             msg = in_rx.recv() => match msg {
-                Some(Ok(msg)) => {
-                    if let Err(e) = link.handle_message(msg, ctx.now_ms()) {
-                        tracing::warn!(%addr, error = %e, "closing connection");
-                        let _ = ctx.events.send(NodeEvent::Error { addr, message: e.to_string() });
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(%addr, error = %e, "bad input, closing connection");
-                    let _ = ctx.events.send(NodeEvent::Error { addr, message: e.clone() });
-                    link.close(CloseReason::ProtocolError);
-                }
+                Some(frame) => deliver(ctx, &mut link, addr, frame),
                 None => {
                     peer_gone = true;
                     link.close(CloseReason::Shutdown);
@@ -257,6 +236,23 @@ async fn drive(
         }
     }
     ended
+}
+
+/// Hands one decoded frame (or a decoding error) to the link; failures close
+/// the link and are reported as node events.
+fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Message, String>) {
+    let message = match frame {
+        Ok(msg) => match link.handle_message(msg, ctx.now_ms()) {
+            Ok(()) => return,
+            Err(e) => e.to_string(),
+        },
+        Err(e) => {
+            link.close(CloseReason::ProtocolError);
+            format!("bad input: {e}")
+        }
+    };
+    tracing::warn!(%addr, error = %message, "closing connection");
+    let _ = ctx.events.send(NodeEvent::Error { addr, message });
 }
 
 /// Decodes frames from a socket, buffering partial ones.
