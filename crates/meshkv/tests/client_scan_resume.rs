@@ -89,6 +89,17 @@ async fn node_with_keys(dir: &std::path::Path, keys: &[Vec<u8>]) -> meshkv::node
     start(db).await
 }
 
+/// A node holding `keys`, a cutting proxy in front of it, and a client
+/// connected through the proxy.
+async fn through_proxy(dir: &std::path::Path, keys: &[Vec<u8>], retry: bool) -> (meshkv::node::Node, Proxy, Client) {
+    let node = node_with_keys(dir, keys).await;
+    let proxy = Proxy::start(node.local_addr().expect("bound")).await;
+    let client = Client::connect(proxy.addr(), ClientOptions { retry, ..ClientOptions::default() })
+        .await
+        .expect("connect through the proxy");
+    (node, proxy, client)
+}
+
 /// Runs one scan through `proxy` while a task cuts every connection every
 /// 50 ms (until the scan is done, at most 60 s). Returns the keys seen and
 /// how many connections the client made during the scan.
@@ -148,11 +159,8 @@ async fn a_scan_cut_every_50ms_sees_each_key_exactly_once() {
         assert!(keys.binary_search(&k).is_ok());
     }
     let dir = tempfile::tempdir().expect("dir");
-    let node = node_with_keys(dir.path(), &keys).await;
-    let proxy = Arc::new(Proxy::start(node.local_addr().expect("bound")).await);
-    let client = Client::connect(proxy.addr(), ClientOptions { retry: true, ..ClientOptions::default() })
-        .await
-        .expect("connect through the proxy");
+    let (node, proxy, client) = through_proxy(dir.path(), &keys, true).await;
+    let proxy = Arc::new(proxy);
 
     let reversed: Vec<Vec<u8>> = keys.iter().rev().cloned().collect();
     let prefixed: Vec<Vec<u8>> = keys.iter().filter(|k| k.starts_with(PREFIX)).cloned().collect();
@@ -195,11 +203,7 @@ async fn a_scan_cut_every_50ms_sees_each_key_exactly_once() {
 async fn without_retry_a_scan_cut_mid_way_fails_with_connection_lost() {
     let keys = all_keys();
     let dir = tempfile::tempdir().expect("dir");
-    let node = node_with_keys(dir.path(), &keys).await;
-    let proxy = Proxy::start(node.local_addr().expect("bound")).await;
-    let client = Client::connect(proxy.addr(), ClientOptions { retry: false, ..ClientOptions::default() })
-        .await
-        .expect("connect through the proxy");
+    let (node, proxy, client) = through_proxy(dir.path(), &keys, false).await;
 
     for reverse in [false, true] {
         // The connection is dropped when the request for the second chunk
@@ -248,11 +252,7 @@ async fn without_retry_a_scan_cut_mid_way_fails_with_connection_lost() {
 async fn without_retry_a_scan_whose_connection_was_cut_between_chunks_fails_with_connection_lost() {
     let keys = all_keys();
     let dir = tempfile::tempdir().expect("dir");
-    let node = node_with_keys(dir.path(), &keys).await;
-    let proxy = Proxy::start(node.local_addr().expect("bound")).await;
-    let client = Client::connect(proxy.addr(), ClientOptions { retry: false, ..ClientOptions::default() })
-        .await
-        .expect("connect through the proxy");
+    let (node, proxy, client) = through_proxy(dir.path(), &keys, false).await;
 
     // Cut right after the first chunk and give the client time to notice,
     // before it asks for the second chunk: the cursor died with the
@@ -286,11 +286,7 @@ async fn without_retry_a_scan_whose_connection_was_cut_between_chunks_fails_with
 async fn a_scan_resumed_after_a_cut_does_not_continue_on_another_scans_cursor() {
     let keys = all_keys();
     let dir = tempfile::tempdir().expect("dir");
-    let node = node_with_keys(dir.path(), &keys).await;
-    let proxy = Proxy::start(node.local_addr().expect("bound")).await;
-    let client = Client::connect(proxy.addr(), ClientOptions { retry: true, ..ClientOptions::default() })
-        .await
-        .expect("connect through the proxy");
+    let (node, proxy, client) = through_proxy(dir.path(), &keys, true).await;
 
     // Scan A holds its first chunk when the connection is cut while it is
     // idle; the client reconnects and scan B opens on the new connection.
