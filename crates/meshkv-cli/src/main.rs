@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod encoding;
 mod remote;
+mod secret;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,8 @@ enum Command {
     Export(remote::ExportArgs),
     /// Three nodes in this process: a partition, conflicting writes, healing.
     Demo(demo::DemoArgs),
+    /// Generate a cluster secret (for --secret-file).
+    Secret(secret::SecretArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     let target = cli.target;
     let outcome = match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Secret(args) => secret::run(args),
         Command::Serve(args) => return serve::run(args, target),
         Command::Put(args) => return remote::put(args, target),
         Command::Get(args) => return remote::get(args, target),

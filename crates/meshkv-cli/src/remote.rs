@@ -10,6 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use meshkv::client::{Client, ClientOptions, WatchEvent};
 use meshkv::protocol::{BatchOp, ErrorCode, RemoteError, Status};
+use meshkv::secure::Secret;
 use meshkv::{KeyRange, ScanOptions};
 use serde_json::json;
 use std::ffi::OsString;
@@ -42,6 +43,33 @@ pub struct Target {
     /// the one the node must belong to for client commands [default: meshkv].
     #[arg(long, global = true, env = "MESHKV_CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
+    /// File with the cluster secret (`meshkv secret`): `serve` requires it
+    /// of every peer and client; client commands authenticate with it (or
+    /// with the read-only secret).
+    #[arg(long, global = true, env = "MESHKV_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// The secret named by `--secret-file`, if any.
+    pub fn secret(&self) -> Result<Option<Secret>> {
+        self.secret_file.as_deref().map(load_secret).transpose()
+    }
+}
+
+/// Reads a secret file, warning if others may read it.
+pub fn load_secret(path: &std::path::Path) -> Result<Secret> {
+    let secret = Secret::load(path).map_err(|e| anyhow!("{e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the secret file is readable by other users; chmod 600 it");
+            }
+        }
+    }
+    Ok(secret)
 }
 
 /// Key-range flags shared by scan, export and watch.
@@ -191,8 +219,11 @@ async fn connect(target: &Target) -> Result<Client> {
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| anyhow!("cannot resolve node address {node:?} (expected HOST:PORT)"))?;
     let cluster = target.cluster.clone().unwrap_or_else(|| DEFAULT_CLUSTER.into());
-    let options = ClientOptions { cluster: cluster.clone(), ..ClientOptions::default() };
+    let options = ClientOptions { cluster: cluster.clone(), secret: target.secret()?, ..ClientOptions::default() };
     Client::connect(addr, options).await.map_err(|e| match e.code {
+        ErrorCode::Unauthorized if e.message.contains("secret") => {
+            anyhow!("the node at {node} refused the connection: {} (see --secret-file / MESHKV_SECRET_FILE)", e.message)
+        }
         ErrorCode::Unauthorized => {
             anyhow!("the node at {node} refused the connection: {} (this client asked for cluster {cluster:?}; see --cluster)", e.message)
         }

@@ -7,11 +7,12 @@
 //! directory that is locked, corrupt or not a store, a bad config) print
 //! one error line and exit with code 2.
 
-use crate::remote::{fail, Target, DEFAULT_CLUSTER, DEFAULT_NODE};
+use crate::remote::{fail, load_secret, Target, DEFAULT_CLUSTER, DEFAULT_NODE};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use meshkv::node::{Node, NodeConfig, NodeEvent, ServerOptions};
 use meshkv::protocol::{CloseReason, LinkConfig, Mode};
+use meshkv::secure::Security;
 use meshkv::{Db, Options};
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -44,8 +45,11 @@ pub struct ServeArgs {
     /// Refuse writes from remote clients (replication still flows).
     #[arg(long)]
     read_only: bool,
-    /// Allow a listen address that is not loopback. There is no
-    /// authentication or encryption yet: only on trusted networks.
+    /// File with a second secret that gives clients read-only access.
+    #[arg(long, value_name = "FILE")]
+    read_only_secret_file: Option<PathBuf>,
+    /// Allow a non-loopback listen address without a cluster secret:
+    /// unauthenticated, unencrypted; trusted networks only.
     #[arg(long)]
     insecure: bool,
 }
@@ -59,6 +63,37 @@ struct FileConfig {
     peers: Option<Vec<String>>,
     cluster: Option<String>,
     read_only: Option<bool>,
+    secret_file: Option<PathBuf>,
+    read_only_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// The `[limits]` table of the config file; every field is optional and
+/// defaults to the library's value.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq, Clone)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    /// Established connections (peers and clients).
+    max_connections: Option<usize>,
+    /// Connections still in their handshake (the oldest is evicted).
+    max_handshaking: Option<usize>,
+    /// Largest frame accepted, in bytes.
+    max_frame_bytes: Option<usize>,
+    /// Largest key, in bytes.
+    max_key_bytes: Option<usize>,
+    /// Largest value, in bytes.
+    max_value_bytes: Option<usize>,
+    /// Requests per client answered before replies are written.
+    max_in_flight: Option<usize>,
+    /// Open scans per client.
+    max_cursors: Option<usize>,
+    /// Live watches per client.
+    max_watches: Option<usize>,
+    /// Time to finish the handshake, in milliseconds.
+    handshake_timeout_ms: Option<u64>,
+    /// Silence after which a connection is closed, in milliseconds.
+    idle_timeout_ms: Option<u64>,
 }
 
 /// The settings in force after flags, file and defaults.
@@ -69,6 +104,9 @@ struct Settings {
     peers: Vec<String>,
     cluster: String,
     read_only: bool,
+    secret_file: Option<PathBuf>,
+    read_only_secret_file: Option<PathBuf>,
+    limits: Limits,
 }
 
 fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
@@ -80,6 +118,8 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
                 toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
             let base = path.parent().unwrap_or(Path::new(""));
             file.data = file.data.map(|d| base.join(d));
+            file.secret_file = file.secret_file.map(|d| base.join(d));
+            file.read_only_secret_file = file.read_only_secret_file.map(|d| base.join(d));
             file
         }
         None => FileConfig::default(),
@@ -90,7 +130,73 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
         peers: if args.peers.is_empty() { file.peers.unwrap_or_default() } else { args.peers.clone() },
         cluster: target.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         read_only: args.read_only || file.read_only.unwrap_or(false),
+        secret_file: target.secret_file.clone().or(file.secret_file),
+        read_only_secret_file: args.read_only_secret_file.clone().or(file.read_only_secret_file),
+        limits: file.limits,
     })
+}
+
+/// The node configuration for `s`, with the secrets loaded.
+fn node_config(s: &Settings, listen: SocketAddr, peers: Vec<(SocketAddr, Mode)>, insecure: bool) -> Result<NodeConfig> {
+    let security = Security {
+        secret: s.secret_file.as_deref().map(load_secret).transpose()?,
+        read_only_secret: s.read_only_secret_file.as_deref().map(load_secret).transpose()?,
+    };
+    if security.read_only_secret.is_some() && security.secret.is_none() {
+        bail!("--read-only-secret-file needs the cluster secret as well (--secret-file)");
+    }
+    if !listen.ip().is_loopback() && !security.is_enabled() && !insecure {
+        bail!(
+            "refusing to listen on {listen} without a cluster secret: anyone who can reach it could read and write \
+             every record. Create one with `meshkv secret --out FILE` and pass --secret-file FILE to every node \
+             and client, or pass --insecure to listen there unauthenticated (trusted networks only)"
+        );
+    }
+    let d = NodeConfig::default();
+    let l = &s.limits;
+    let link = LinkConfig {
+        cluster: s.cluster.clone(),
+        handshake_timeout_ms: l.handshake_timeout_ms.unwrap_or(d.link.handshake_timeout_ms),
+        idle_timeout_ms: l.idle_timeout_ms.unwrap_or(d.link.idle_timeout_ms),
+        ..d.link.clone()
+    };
+    Ok(NodeConfig {
+        listen: Some(listen),
+        peers,
+        link,
+        max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_handshaking: l.max_handshaking.unwrap_or(d.max_handshaking),
+        max_frame: l.max_frame_bytes.unwrap_or(d.max_frame),
+        server: ServerOptions {
+            read_only: s.read_only,
+            max_in_flight: l.max_in_flight.unwrap_or(0),
+            max_cursors: l.max_cursors.unwrap_or(0),
+            max_watches: l.max_watches.unwrap_or(0),
+            ..ServerOptions::default()
+        },
+        security,
+        allow_insecure: insecure,
+        ..d
+    })
+}
+
+/// Store options with the configured key and value limits.
+fn store_options(s: &Settings, max_frame: usize) -> Result<Options> {
+    let d = Options::default();
+    let options = Options {
+        max_key_len: s.limits.max_key_bytes.unwrap_or(d.max_key_len),
+        max_value_len: s.limits.max_value_bytes.unwrap_or(d.max_value_len),
+        ..d
+    };
+    // A record must fit a frame to replicate (keys, value and version metadata).
+    if options.max_key_len + options.max_value_len + 64 * 1024 > max_frame {
+        bail!(
+            "limits: max_key_bytes + max_value_bytes ({}) leave no room for metadata in max_frame_bytes ({max_frame}); \
+             raise max_frame_bytes to at least their sum + 65536",
+            options.max_key_len + options.max_value_len
+        );
+    }
+    Ok(options)
 }
 
 fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
@@ -111,26 +217,16 @@ pub fn run(args: ServeArgs, target: Target) -> ExitCode {
 fn serve(args: ServeArgs, target: Target) -> Result<()> {
     let s = settings(&args, &target)?;
     let listen = resolve("listen", &s.listen)?;
-    if !listen.ip().is_loopback() && !args.insecure {
-        bail!(
-            "refusing to listen on {listen}: it is not a loopback address and meshkv has no authentication \
-             or encryption yet; pass --insecure to listen there anyway (trusted networks only)"
-        );
-    }
     let peers = s.peers.iter().map(|p| resolve("peer", p).map(|a| (a, Mode::Sync))).collect::<Result<Vec<_>>>()?;
+    let cfg = node_config(&s, listen, peers, args.insecure)?;
+    let options = store_options(&s, cfg.max_frame)?;
+    let secured = cfg.security.is_enabled();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         // The library's errors already name their cause: no `{:#}` chain.
-        let db = Db::open(&s.data, Options::default())
+        let db = Db::open(&s.data, options)
             .map_err(|e| anyhow!("cannot open the data directory {}: {e}", s.data.display()))?;
-        let cfg = NodeConfig {
-            listen: Some(listen),
-            peers: peers.clone(),
-            link: LinkConfig { cluster: s.cluster.clone(), ..LinkConfig::default() },
-            server: ServerOptions { read_only: s.read_only, ..ServerOptions::default() },
-            ..NodeConfig::default()
-        };
         let node = Node::start(db.clone(), cfg).await.map_err(|e| anyhow!("{e}"))?;
         let addr = node.local_addr().unwrap_or(listen);
         tracing::info!(
@@ -140,12 +236,15 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
             cluster = %s.cluster,
             peers = ?s.peers,
             read_only = s.read_only,
+            secured,
             "meshkv node serving"
         );
-        if addr.ip().is_loopback() {
-            tracing::info!("this node has no authentication yet; it listens on loopback only");
+        if secured {
+            tracing::info!("connections are authenticated with the cluster secret and encrypted (Noise)");
+        } else if addr.ip().is_loopback() {
+            tracing::info!("no cluster secret: listening on loopback only; connections are not authenticated");
         } else {
-            tracing::warn!(%addr, "this node has no authentication or encryption yet: anyone who can reach it can read and write");
+            tracing::warn!(%addr, "no cluster secret (--insecure): anyone who can reach this address can read and write");
         }
         let reason = run_until_signal(&node).await?;
         tracing::info!(reason, "shutting down");
@@ -248,6 +347,9 @@ mod tests {
                 peers: vec![],
                 cluster: "meshkv".into(),
                 read_only: false,
+                secret_file: None,
+                read_only_secret_file: None,
+                limits: Limits::default(),
             }
         );
     }

@@ -18,8 +18,10 @@
 
 pub mod client;
 pub mod clock;
+mod net;
 pub mod node;
 pub mod protocol;
+pub mod secure;
 pub mod storage;
 pub mod version;
 

@@ -152,13 +152,22 @@ async fn different_policies_never_exchange_data() {
             mode: Mode::Sync,
             policy: ConflictPolicy::LastWriterWins.fingerprint(),
         };
-        let mut out = Vec::new();
+        // The plaintext preamble (magic, no secret), then the Hello frame.
+        let mut out = b"MKV1\x00".to_vec();
         codec::encode(&Message::Hello(hello), &mut out);
         s.write_all(&out).await.expect("send hello");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
+        let mut preamble = true;
         loop {
-            while let Some((msg, used)) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("frame") {
+            if preamble && buf.len() >= 5 {
+                assert_eq!(&buf[..5], b"MKV1\x00", "the node's preamble");
+                buf.drain(..5);
+                preamble = false;
+            }
+            while let Some((msg, used)) =
+                codec::decode(if preamble { &[] } else { &buf }, codec::DEFAULT_MAX_FRAME).expect("frame")
+            {
                 buf.drain(..used);
                 match msg {
                     Message::Hello(_) => {}

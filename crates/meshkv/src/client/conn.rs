@@ -2,22 +2,27 @@
 //! requests by id, reconnects, and re-sends what may be re-sent.
 
 use super::{lost, ClientOptions, Command, Result, WatchEvent};
+use crate::net::{self, EstablishError, FrameReader, FrameWriter};
 use crate::protocol::request::{ErrorCode, RemoteError, Request, Response};
 use crate::protocol::{codec, CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use crate::secure::{Security, Side};
 use crate::storage::KeyRange;
 use crate::version::NodeId;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-/// A connected, handshaken socket and the bytes read past the handshake.
+/// A connected, handshaken connection.
 pub(crate) struct Connected {
-    stream: TcpStream,
-    buf: Vec<u8>,
+    reader: FrameReader,
+    writer: FrameWriter,
 }
+
+/// An idle connection sends a `Ping` this often, well inside the node's
+/// idle timeout (30 s by default).
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 struct Pending {
     request: Request,
@@ -30,13 +35,19 @@ struct Watch {
     reply: Option<oneshot::Sender<Result<()>>>,
 }
 
-/// Opens a connection and performs the client handshake.
+/// Opens a connection, authenticates (with a secret) and performs the
+/// client handshake.
 pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) -> Result<Connected> {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| RemoteError::new(ErrorCode::ConnectionLost, format!("cannot connect to {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
+        let security = Security { secret: opts.secret.clone(), read_only_secret: None };
+        let (mut reader, mut writer, _) =
+            net::establish(stream, Side::Initiator, &security, opts.max_frame).await.map_err(|e| match e {
+                EstablishError::Secure(e) => RemoteError::new(ErrorCode::Unauthorized, format!("{addr}: {e}")),
+                EstablishError::Io(e) => RemoteError::new(ErrorCode::ConnectionLost, format!("{addr}: {e}")),
+            })?;
         let hello = Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -46,15 +57,17 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
             mode: Mode::Sync,
             policy: 0,
         };
-        let mut out = Vec::new();
-        codec::encode(&Message::Hello(hello), &mut out);
-        stream.write_all(&out).await.map_err(|_| lost())?;
-        let mut buf = Vec::new();
-        let msg = read_message(&mut stream, &mut buf, opts.max_frame).await?;
-        match msg {
-            Message::Hello(h) if h.magic == MAGIC && h.version == PROTOCOL_VERSION => Ok(Connected { stream, buf }),
-            Message::Close { reason } => Err(refused(reason)),
-            other => Err(RemoteError::new(ErrorCode::BadRequest, format!("unexpected {} in handshake", other.kind()))),
+        writer.send(&Message::Hello(hello)).await.map_err(|_| lost())?;
+        match reader.next().await {
+            Some(Ok(Message::Hello(h))) if h.magic == MAGIC && h.version == PROTOCOL_VERSION => {
+                Ok(Connected { reader, writer })
+            }
+            Some(Ok(Message::Close { reason })) => Err(refused(reason)),
+            Some(Ok(other)) => {
+                Err(RemoteError::new(ErrorCode::BadRequest, format!("unexpected {} in handshake", other.kind())))
+            }
+            Some(Err(e)) => Err(RemoteError::new(ErrorCode::BadRequest, format!("malformed frame from node: {e}"))),
+            None => Err(lost()),
         }
     };
     tokio::time::timeout(opts.connect_timeout, attempt)
@@ -65,26 +78,10 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
 fn refused(reason: CloseReason) -> RemoteError {
     match reason {
         CloseReason::WrongCluster => RemoteError::new(ErrorCode::Unauthorized, "the node belongs to another cluster"),
+        CloseReason::Overloaded => {
+            RemoteError::new(ErrorCode::ConnectionLost, "the node is at its connection limit; try again later")
+        }
         other => RemoteError::new(ErrorCode::ConnectionLost, format!("the node closed the connection: {other:?}")),
-    }
-}
-
-async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>, max_frame: usize) -> Result<Message> {
-    loop {
-        match codec::decode(buf, max_frame) {
-            Ok(Some((msg, used))) => {
-                buf.drain(..used);
-                return Ok(msg);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(RemoteError::new(ErrorCode::BadRequest, format!("malformed frame from node: {e}"))),
-        }
-        let mut chunk = [0u8; 64 * 1024];
-        let n = stream.read(&mut chunk).await.map_err(|_| lost())?;
-        if n == 0 {
-            return Err(lost());
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -111,7 +108,7 @@ pub(crate) async fn run(
     let mut conn = Some(first);
     let mut backoff = opts.reconnect_min;
     loop {
-        let Some(Connected { stream, mut buf }) = conn.take() else {
+        let Some(Connected { mut reader, mut writer }) = conn.take() else {
             // Not connected: wait for work (without retry) or reconnect.
             if !opts.retry && pending.is_empty() {
                 match commands.recv().await {
@@ -138,7 +135,6 @@ pub(crate) async fn run(
             }
             continue;
         };
-        let (mut rd, mut wr) = stream.into_split();
         let mut out = Vec::new();
         // (Re-)send what is pending and re-register watches.
         live_watches.clear();
@@ -155,34 +151,30 @@ pub(crate) async fn run(
                 let _ = w.events.try_send(WatchEvent::Lagged);
             }
         }
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome: std::result::Result<(), ()> = loop {
             if !out.is_empty() {
-                if wr.write_all(&out).await.is_err() {
+                if writer.queue_frames(&out).is_err() || writer.flush().await.is_err() {
                     break Err(());
                 }
                 out.clear();
+                keepalive.reset();
             }
             // Dispatch whatever complete frames are buffered. A frame that
             // cannot be decoded leaves the stream out of step: drop the
             // connection (and reconnect) rather than guess.
             let mut broken = false;
-            loop {
-                match codec::decode(&buf, opts.max_frame) {
-                    Ok(Some((msg, used))) => {
-                        buf.drain(..used);
-                        on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches);
-                    }
-                    Ok(None) => break,
+            while let Some(frame) = reader.try_next() {
+                match frame {
+                    Ok(msg) => on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches),
                     Err(e) => {
                         tracing::warn!(%addr, error = %e, "undecodable frame from node; reconnecting");
                         broken = true;
-                        break;
                     }
                 }
             }
             if broken {
-                buf.clear();
                 break Err(());
             }
             tokio::select! {
@@ -202,10 +194,17 @@ pub(crate) async fn run(
                         }
                     }
                 }
-                n = rd.read(&mut chunk) => match n {
-                    Ok(0) | Err(_) => break Err(()),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                frame = reader.next() => match frame {
+                    Some(Ok(msg)) => on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches),
+                    Some(Err(e)) => {
+                        tracing::warn!(%addr, error = %e, "undecodable frame from node; reconnecting");
+                        break Err(());
+                    }
+                    None => break Err(()),
                 },
+                _ = keepalive.tick() => {
+                    codec::encode(&Message::Ping, &mut out);
+                }
             }
         };
         let _ = outcome;

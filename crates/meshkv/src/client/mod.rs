@@ -35,6 +35,9 @@ pub struct ClientOptions {
     pub reconnect_min: Duration,
     /// Largest accepted frame.
     pub max_frame: usize,
+    /// The cluster secret (or the read-only client secret) to authenticate
+    /// with; required by nodes that have one, refused by nodes that don't.
+    pub secret: Option<crate::secure::Secret>,
     /// A call not answered within this fails with
     /// [`ErrorCode::ConnectionLost`] (default 30 s). A write that timed out
     /// may still be applied later if it was re-sent.
@@ -50,6 +53,7 @@ impl Default for ClientOptions {
             reconnect_min: Duration::from_millis(50),
             max_frame: crate::protocol::codec::DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(30),
+            secret: None,
         }
     }
 }

@@ -3,18 +3,19 @@
 //! messages, local commits, timer ticks and socket writes, so neither
 //! direction can stall the other.
 
+use super::admission::Ticket;
 use super::registry::{Claim, Registry};
 use super::session::{self, RetryCache, ServerOptions};
 use super::NodeEvent;
+use crate::net::{self, EstablishError, FrameReader, FrameWriter};
 use crate::protocol::Role;
 use crate::protocol::{codec, CloseReason, Link, LinkConfig, LinkEvent, Message};
+use crate::secure::{Access, SecureError, Security, Side};
 use crate::storage::{Db, FeedError};
 use crate::KeyRange;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -32,6 +33,8 @@ pub(crate) struct ConnCtx {
     pub events: broadcast::Sender<NodeEvent>,
     pub shutdown: watch::Receiver<bool>,
     pub max_frame: usize,
+    /// Secrets connections must prove (none: plaintext).
+    pub security: Security,
     pub started: Instant,
 }
 
@@ -53,38 +56,126 @@ pub(crate) struct Ended {
 pub(crate) struct ServerState {
     pub options: ServerOptions,
     pub retries: RetryCache,
+    /// A client silent this long (or not reading our replies) is dropped.
+    pub idle_timeout: Duration,
     /// Next scan cursor id, unique across all client connections.
     pub next_cursor: std::sync::atomic::AtomicU64,
 }
 
 type Incoming = mpsc::Receiver<Result<Message, String>>;
 
-/// Runs one connection until it closes. `dialed` says whether we opened it
-/// (then it is a peer link); an accepted connection is a peer link or a
-/// client session depending on the role in its `Hello`.
-pub(crate) async fn run(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, dialed: bool) -> Ended {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FrameReader::new(read_half, ctx.max_frame);
-    let mut first = None;
-    if !dialed {
-        let wait = Duration::from_millis(cfg.handshake_timeout_ms);
-        match tokio::time::timeout(wait, frames.next()).await {
-            Ok(Some(Ok(Message::Hello(hello)))) if hello.role == Role::Client => {
-                session::serve(&ctx, hello, frames, write_half, addr).await;
-                return Ended { peer: None, reason: None, handshaken: false };
+/// Runs a connection this node accepted until it closes: the handshake
+/// (authentication, evictable, under the handshake timeout), then a peer
+/// link or a client session depending on the role in the first `Hello`.
+pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, mut ticket: Ticket) {
+    let wait = Duration::from_millis(cfg.handshake_timeout_ms);
+    let admitted = tokio::select! {
+        res = tokio::time::timeout(wait, admit(&ctx, stream)) => match res {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(why)) => {
+                tracing::warn!(%addr, "refused connection: {why}");
+                if let Some(message) = why.event() {
+                    let _ = ctx.events.send(NodeEvent::Error { addr, message });
+                }
+                return;
             }
-            Ok(Some(msg)) => first = Some(msg),
-            Ok(None) | Err(_) => {
-                tracing::debug!(%addr, "no handshake; dropping connection");
-                return Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false };
+            Err(_) => {
+                tracing::debug!(%addr, "no handshake in time; dropping connection");
+                return;
             }
+        },
+        _ = &mut ticket.evicted => return,
+    };
+    let (frames, mut writer, access, hello) = admitted;
+    let Some(_slot) = ticket.admit() else {
+        tracing::warn!(%addr, "connection limit reached; refusing");
+        let _ = writer.send(&Message::Close { reason: CloseReason::Overloaded }).await;
+        return;
+    };
+    match hello {
+        Ok(Message::Hello(hello)) if hello.role == Role::Client => {
+            session::serve(&ctx, hello, frames, writer, addr, access).await;
+        }
+        _ if access == Access::ReadOnly => {
+            tracing::warn!(%addr, "refused a peer link holding only the read-only secret");
+            let _ = writer.send(&Message::Close { reason: CloseReason::Unauthorized }).await;
+        }
+        first => {
+            run_link(ctx, frames, writer, addr, cfg, false, Some(first)).await;
         }
     }
+}
+
+/// Why an accepted connection was dropped before its first frame.
+enum Refusal {
+    Handshake(EstablishError),
+    NoHello,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Handshake(e) => write!(f, "{e}"),
+            Refusal::NoHello => f.write_str("closed before its first frame"),
+        }
+    }
+}
+
+impl Refusal {
+    /// The node event worth raising: authentication failures are; port
+    /// scans and dropped sockets are not.
+    fn event(&self) -> Option<String> {
+        match self {
+            Refusal::Handshake(EstablishError::Secure(
+                e @ (SecureError::WrongSecret | SecureError::NeedSecret | SecureError::UnexpectedPlain),
+            )) => Some(format!("refused connection: {e}")),
+            _ => None,
+        }
+    }
+}
+
+type Admitted = (FrameReader, FrameWriter, Access, Result<Message, String>);
+
+async fn admit(ctx: &ConnCtx, stream: TcpStream) -> Result<Admitted, Refusal> {
+    let (mut frames, writer, access) =
+        net::establish(stream, Side::Responder, &ctx.security, ctx.max_frame).await.map_err(Refusal::Handshake)?;
+    let first = frames.next().await.ok_or(Refusal::NoHello)?;
+    Ok((frames, writer, access, first))
+}
+
+/// Runs a connection this node dialed (a peer link) until it closes.
+pub(crate) async fn dialed(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig) -> Ended {
+    let wait = Duration::from_millis(cfg.handshake_timeout_ms);
+    let established = tokio::time::timeout(wait, net::establish(stream, Side::Initiator, &ctx.security, ctx.max_frame));
+    match established.await {
+        Ok(Ok((frames, writer, _))) => run_link(ctx, frames, writer, addr, cfg, true, None).await,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, "cannot connect to peer: {e}");
+            if let EstablishError::Secure(_) = e {
+                let _ = ctx.events.send(NodeEvent::Error { addr, message: format!("cannot connect to peer: {e}") });
+            }
+            Ended { peer: None, reason: None, handshaken: false }
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "peer handshake timed out");
+            Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false }
+        }
+    }
+}
+
+async fn run_link(
+    ctx: ConnCtx,
+    frames: FrameReader,
+    writer: FrameWriter,
+    addr: SocketAddr,
+    cfg: LinkConfig,
+    dialed: bool,
+    first: Option<Result<Message, String>>,
+) -> Ended {
     let (in_tx, incoming) = mpsc::channel::<Result<Message, String>>(16);
     let reader = tokio::spawn(read_frames(frames, in_tx));
     let conn = ctx.registry.new_connection(addr);
-    let ended = drive(&ctx, incoming, write_half, first, addr, cfg, dialed, conn).await;
+    let ended = drive(&ctx, incoming, writer, first, addr, cfg, dialed, conn).await;
     reader.abort();
     ctx.registry.release(conn);
     if let Some(peer) = ended.peer {
@@ -97,7 +188,7 @@ pub(crate) async fn run(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: 
 async fn drive(
     ctx: &ConnCtx,
     mut in_rx: Incoming,
-    mut write_half: OwnedWriteHalf,
+    mut writer: FrameWriter,
     first: Option<Result<Message, String>>,
     addr: SocketAddr,
     cfg: LinkConfig,
@@ -113,7 +204,6 @@ async fn drive(
     let mut shutdown = ctx.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
     let mut out = Vec::new();
-    let mut written = 0;
     let mut ended = Ended { peer: None, reason: None, handshaken: false };
     let mut peer_gone = false;
     let mut lag = 0;
@@ -127,9 +217,8 @@ async fn drive(
 
     loop {
         // Queue what the link has to say (bounded by its window).
-        if written == out.len() {
+        if writer.pending() == 0 {
             out.clear();
-            written = 0;
             while out.len() < 1 << 20 {
                 match link.poll_transmit(ctx.now_ms()) {
                     Ok(Some(msg)) => {
@@ -142,6 +231,10 @@ async fn drive(
                         break;
                     }
                 }
+            }
+            if writer.queue_frames(&out).is_err() {
+                peer_gone = true;
+                link.close(CloseReason::Shutdown);
             }
         }
         while let Some(ev) = link.poll_event() {
@@ -187,15 +280,12 @@ async fn drive(
         }
         if link.is_closed() {
             // Flush what is queued (the Close frame at least), briefly.
+            out.clear();
             while let Ok(Some(msg)) = link.poll_transmit(ctx.now_ms()) {
                 codec::encode(&msg, &mut out);
             }
-            if !peer_gone {
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = write_half.write_all(&out[written..]).await;
-                    let _ = write_half.shutdown().await;
-                })
-                .await;
+            if !peer_gone && writer.queue_frames(&out).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
             }
             break;
         }
@@ -207,9 +297,9 @@ async fn drive(
             // holds records in memory until every subscriber has read them).
             reason = &mut close_rx => link.close(reason.unwrap_or(CloseReason::Duplicate)),
             _ = shutdown.changed() => link.close(CloseReason::Shutdown),
-            res = write_half.write(&out[written..]), if written < out.len() => match res {
-                Ok(0) | Err(_) => { peer_gone = true; link.close(CloseReason::Shutdown); }
-                Ok(n) => written += n,
+            res = writer.write_some(), if writer.pending() > 0 => if res.is_err() {
+                peer_gone = true;
+                link.close(CloseReason::Shutdown);
             },
             msg = in_rx.recv() => match msg {
                 Some(frame) => deliver(ctx, &mut link, addr, frame),
@@ -253,59 +343,6 @@ fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Messa
     };
     tracing::warn!(%addr, error = %message, "closing connection");
     let _ = ctx.events.send(NodeEvent::Error { addr, message });
-}
-
-/// Decodes frames from a socket, buffering partial ones.
-pub(crate) struct FrameReader {
-    rd: OwnedReadHalf,
-    buf: Vec<u8>,
-    start: usize,
-    max_frame: usize,
-    failed: bool,
-}
-
-impl FrameReader {
-    pub fn new(rd: OwnedReadHalf, max_frame: usize) -> Self {
-        FrameReader { rd, buf: Vec::with_capacity(64 * 1024), start: 0, max_frame, failed: false }
-    }
-
-    /// A frame already buffered, without reading. After a malformed frame
-    /// the reader yields nothing more.
-    pub fn try_next(&mut self) -> Option<Result<Message, String>> {
-        if self.failed {
-            return None;
-        }
-        match codec::decode(&self.buf[self.start..], self.max_frame) {
-            Ok(Some((msg, used))) => {
-                self.start += used;
-                Some(Ok(msg))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                self.failed = true;
-                Some(Err(e.to_string()))
-            }
-        }
-    }
-
-    /// The next frame; `None` at end of stream. Cancel-safe.
-    pub async fn next(&mut self) -> Option<Result<Message, String>> {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            if let Some(m) = self.try_next() {
-                return Some(m);
-            }
-            if self.failed {
-                return None;
-            }
-            self.buf.drain(..self.start);
-            self.start = 0;
-            match self.rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
 }
 
 /// Forwards frames to the link task until EOF or a malformed frame (which

@@ -30,7 +30,7 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let link = LinkConfig { mode, ..cfg.link.clone() };
-                    let ended = connection::run(ctx.clone(), stream, addr, link, true).await;
+                    let ended = connection::dialed(ctx.clone(), stream, addr, link).await;
                     if ended.handshaken && started.elapsed() >= STABLE {
                         backoff = cfg.backoff_min;
                     }

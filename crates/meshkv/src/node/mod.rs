@@ -3,6 +3,7 @@
 //! keeps one connection per peer, reconnects with backoff, and reports
 //! events. The protocol itself lives in [`crate::protocol`].
 
+mod admission;
 mod connection;
 mod dialer;
 mod registry;
@@ -12,6 +13,7 @@ pub use registry::{PeerState, PeerStatus};
 pub use session::{ServerOptions, WriteHook};
 
 use crate::protocol::{codec, CloseReason, LinkConfig, Mode};
+use crate::secure::Security;
 use crate::storage::{Conflict, Db, FeedError};
 use crate::version::NodeId;
 use connection::ConnCtx;
@@ -20,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 /// Settings of a [`Node`].
@@ -34,16 +36,27 @@ pub struct NodeConfig {
     pub accept_mode: Mode,
     /// Protocol settings shared by all links (cluster name, windows, timeouts).
     pub link: LinkConfig,
-    /// Maximum simultaneous connections (default 256).
+    /// Accepted connections past their handshake, at most (default 256);
+    /// one more is refused with `Close { Overloaded }`.
     pub max_connections: usize,
+    /// Accepted connections still in their handshake, at most (default
+    /// 64); a new one evicts the oldest. Bounds what silent or slow sockets
+    /// can hold; each also has `link.handshake_timeout_ms` to finish.
+    pub max_handshaking: usize,
     /// First reconnect delay (default 100 ms); doubles up to `backoff_max`.
     pub backoff_min: Duration,
     /// Longest reconnect delay (default 10 s).
     pub backoff_max: Duration,
     /// Largest accepted frame in bytes.
     pub max_frame: usize,
-    /// How remote clients are served (read-only, validation hook).
+    /// How remote clients are served (read-only, validation hook, limits).
     pub server: ServerOptions,
+    /// The cluster secret (and optional read-only client secret) every
+    /// connection must prove. Without one, connections are plaintext and
+    /// unauthenticated, and only a loopback listener is allowed.
+    pub security: Security,
+    /// Allow a non-loopback listener without a secret (trusted networks only).
+    pub allow_insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -54,10 +67,13 @@ impl Default for NodeConfig {
             accept_mode: Mode::Sync,
             link: LinkConfig::default(),
             max_connections: 256,
+            max_handshaking: 64,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_frame: codec::DEFAULT_MAX_FRAME,
             server: ServerOptions::default(),
+            security: Security::default(),
+            allow_insecure: false,
         }
     }
 }
@@ -118,6 +134,20 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The listen address is reachable from other hosts but no secret is
+    /// configured (and `allow_insecure` is off). Nothing was started.
+    #[error(
+        "refusing to listen on {addr} without a cluster secret: it is not a loopback address, so anyone who \
+         can reach it could read and write every record; configure a secret (meshkv secret) or allow insecure \
+         listening explicitly"
+    )]
+    Insecure {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The settings contradict each other. Nothing was started.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
 }
 
 /// A running node. Dropping it (or [`Node::shutdown`]) stops replication.
@@ -136,6 +166,15 @@ impl Node {
     /// Starts replicating `db`: binds the listener and dials the peers.
     /// Must be called within a tokio runtime.
     pub async fn start(db: Db, cfg: NodeConfig) -> Result<Node, NodeError> {
+        if cfg.security.read_only_secret.is_some() && cfg.security.secret.is_none() {
+            return Err(NodeError::Config("a read-only secret needs the cluster secret as well".into()));
+        }
+        match cfg.listen {
+            Some(addr) if !addr.ip().is_loopback() && !cfg.security.is_enabled() && !cfg.allow_insecure => {
+                return Err(NodeError::Insecure { addr });
+            }
+            _ => {}
+        }
         let listener = match cfg.listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?),
             None => None,
@@ -155,19 +194,24 @@ impl Node {
             server: Arc::new(connection::ServerState {
                 options: cfg.server.clone(),
                 retries: session::RetryCache::new(retry_memory),
+                idle_timeout: Duration::from_millis(cfg.link.idle_timeout_ms),
                 next_cursor: std::sync::atomic::AtomicU64::new(1),
             }),
             registry: Arc::clone(&registry),
             events: events.clone(),
             shutdown: shutdown_rx,
             max_frame: cfg.max_frame,
+            security: cfg.security.clone(),
             started: Instant::now(),
         };
         let mut node =
             Node { db, local_addr, registry, events, shutdown, tasks: JoinSet::new(), ctx, cfg: cfg.clone() };
         if let Some(listener) = listener {
             if let Some(addr) = local_addr {
-                tracing::info!(%addr, node = %node.db.node_id(), "listening");
+                tracing::info!(%addr, node = %node.db.node_id(), secured = cfg.security.is_enabled(), "listening");
+                if !cfg.security.is_enabled() {
+                    tracing::warn!(%addr, "no cluster secret: connections are neither authenticated nor encrypted");
+                }
             }
             node.tasks.spawn(accept_loop(listener, node.ctx.clone(), cfg.clone()));
         }
@@ -263,7 +307,7 @@ async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shu
 }
 
 async fn accept_loop(listener: TcpListener, ctx: ConnCtx, cfg: NodeConfig) {
-    let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let admission = admission::Admission::new(cfg.max_handshaking, cfg.max_connections);
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -273,21 +317,15 @@ async fn accept_loop(listener: TcpListener, ctx: ConnCtx, cfg: NodeConfig) {
         let (stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(%addr, limit = cfg.max_connections, "connection limit reached; refusing");
-            drop(stream);
-            continue;
-        };
+        let ticket = admission.start();
         let ctx = ctx.clone();
         let link = LinkConfig { mode: cfg.accept_mode, ..cfg.link.clone() };
-        tokio::spawn(async move {
-            connection::run(ctx, stream, addr, link, false).await;
-            drop(permit);
-        });
+        tokio::spawn(connection::accepted(ctx, stream, addr, link, ticket));
     }
 }

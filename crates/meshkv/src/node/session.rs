@@ -2,17 +2,18 @@
 //! streamed scans with cursors, watches, at-most-once retries, read-only
 //! listeners and validation hooks.
 
-use super::connection::{ConnCtx, FrameReader};
+use super::connection::ConnCtx;
 use super::registry::PeerState;
+use crate::net::{FrameReader, FrameWriter};
 use crate::protocol::request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
 use crate::protocol::{codec, CloseReason, Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
+use crate::secure::Access;
 use crate::storage::{Batch, Db, Error as StorageError, FeedError, KeyRange, Scan, ScanOptions};
 use crate::version::NodeId;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use std::time::Duration;
 
 /// A scan chunk stops growing past this many bytes of keys and values.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
@@ -30,6 +31,12 @@ pub struct ServerOptions {
     pub hook: Option<Arc<WriteHook>>,
     /// Open scan cursors per client (default 16 when 0).
     pub max_cursors: usize,
+    /// Live watches per client (default 16 when 0).
+    pub max_watches: usize,
+    /// Requests of one client answered before their replies are written
+    /// (default 128 when 0). Further pipelined requests wait in the
+    /// client's socket, so a client that never reads costs bounded memory.
+    pub max_in_flight: usize,
     /// Write replies remembered for retried requests (default 65 536 when 0).
     pub retry_memory: usize,
 }
@@ -84,13 +91,15 @@ impl RetryCache {
     }
 }
 
-/// Serves one client connection until it closes.
+/// Serves one client connection until it closes, is idle for the idle
+/// timeout, or stops reading our replies for that long.
 pub(crate) async fn serve(
     ctx: &ConnCtx,
     hello: Hello,
     mut incoming: FrameReader,
-    mut out: OwnedWriteHalf,
+    mut out: FrameWriter,
     addr: SocketAddr,
+    access: Access,
 ) {
     let refusal = if hello.magic != MAGIC {
         Some(CloseReason::ProtocolError)
@@ -103,7 +112,7 @@ pub(crate) async fn serve(
     };
     if let Some(reason) = refusal {
         tracing::warn!(%addr, ?reason, "refusing client");
-        let _ = send(&mut out, &Message::Close { reason }).await;
+        let _ = out.send(&Message::Close { reason }).await;
         return;
     }
     let ours = Hello {
@@ -115,65 +124,97 @@ pub(crate) async fn serve(
         mode: crate::protocol::Mode::Sync,
         policy: ctx.db.options().policy.fingerprint(),
     };
-    if send(&mut out, &Message::Hello(ours)).await.is_err() {
+    if out.send(&Message::Hello(ours)).await.is_err() {
         return;
     }
-    tracing::debug!(%addr, client = %hello.node, "client connected");
-    let mut session = Session { ctx, client: hello.node, cursors: HashMap::new(), next_watch: 1, watches: Vec::new() };
+    tracing::debug!(%addr, client = %hello.node, ?access, "client connected");
+    let limits = Limits::of(&ctx.server.options);
+    let idle = ctx.server.idle_timeout;
+    let mut session = Session {
+        ctx,
+        client: hello.node,
+        read_only: access == Access::ReadOnly || ctx.server.options.read_only,
+        limits,
+        cursors: HashMap::new(),
+        next_watch: 1,
+        watches: Vec::new(),
+    };
     let mut feed = None;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let msg = tokio::select! {
             msg = incoming.next() => msg,
             commit = recv_feed(&mut feed) => {
-                let events = match commit {
-                    Ok(commit) => session.watch_events(&commit),
-                    Err(FeedError::Lagged { missed }) => session.watches.iter().map(|(watch, _)| Message::WatchLagged { watch: *watch, missed }).collect(),
-                    Err(_) => return,
-                };
-                for ev in events {
-                    if send(&mut out, &ev).await.is_err() {
-                        return;
+                match commit {
+                    Ok(commit) => {
+                        for ev in session.watch_events(&commit) {
+                            if out.queue(&ev).is_err() {
+                                return;
+                            }
+                        }
                     }
+                    Err(FeedError::Lagged { missed }) => {
+                        for (watch, _) in &session.watches {
+                            if out.queue(&Message::WatchLagged { watch: *watch, missed }).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => return,
+                }
+                if !flush(&mut out, idle, addr).await {
+                    return;
                 }
                 continue;
             }
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!(%addr, "client idle for too long; closing");
+                let _ = out.queue(&Message::Close { reason: CloseReason::Timeout });
+                flush(&mut out, idle, addr).await;
+                return;
+            }
             _ = shutdown.changed() => {
-                let _ = send(&mut out, &Message::Close { reason: CloseReason::Shutdown }).await;
+                let _ = out.queue(&Message::Close { reason: CloseReason::Shutdown });
+                flush(&mut out, idle, addr).await;
                 return;
             }
         };
-        // Answer this request and any others already received, then write
-        // all replies at once (pipelined clients get one write per burst).
+        // Answer this request and any others already received (up to the
+        // in-flight limit), then write all replies at once: pipelined
+        // clients get one write per burst, and one that never reads its
+        // replies holds at most a burst of them here (TCP holds the rest).
         let mut replies = Vec::new();
         let mut next = msg;
-        for _ in 0..128 {
-            match next {
+        for _ in 0..limits.in_flight {
+            let close = match next {
                 Some(Ok(Message::Request { id, request })) => {
                     let watching = matches!(request, Request::Watch { .. });
                     let result = session.handle(id, request);
-                    if watching && feed.is_none() {
+                    if watching && result.is_ok() && feed.is_none() {
                         feed = Some(ctx.db.subscribe(KeyRange::all()));
                     }
                     codec::encode(&Message::Reply { id, result }, &mut replies);
+                    None
                 }
-                Some(Ok(Message::Ping)) => {}
-                Some(Ok(Message::Close { .. })) | None => {
-                    let _ = out.write_all(&replies).await;
-                    return;
-                }
+                Some(Ok(Message::Ping)) => None,
+                Some(Ok(Message::Close { .. })) | None => Some(None),
                 Some(Ok(other)) => {
                     tracing::warn!(%addr, kind = other.kind(), "unexpected message from client");
-                    codec::encode(&Message::Close { reason: CloseReason::ProtocolError }, &mut replies);
-                    let _ = out.write_all(&replies).await;
-                    return;
+                    Some(Some(CloseReason::ProtocolError))
                 }
                 Some(Err(e)) => {
                     tracing::warn!(%addr, error = %e, "bad input from client, closing");
-                    codec::encode(&Message::Close { reason: CloseReason::ProtocolError }, &mut replies);
-                    let _ = out.write_all(&replies).await;
-                    return;
+                    Some(Some(CloseReason::ProtocolError))
                 }
+            };
+            if let Some(reason) = close {
+                if let Some(reason) = reason {
+                    codec::encode(&Message::Close { reason }, &mut replies);
+                }
+                if out.queue_frames(&replies).is_ok() {
+                    flush(&mut out, idle, addr).await;
+                }
+                return;
             }
             if replies.len() >= 1 << 20 {
                 break;
@@ -183,8 +224,21 @@ pub(crate) async fn serve(
                 None => break,
             }
         }
-        if out.write_all(&replies).await.is_err() {
+        if out.queue_frames(&replies).is_err() || !flush(&mut out, idle, addr).await {
             return;
+        }
+    }
+}
+
+/// Writes what is queued; `false` if the connection failed or the client
+/// did not read for `idle`.
+async fn flush(out: &mut FrameWriter, idle: Duration, addr: SocketAddr) -> bool {
+    match tokio::time::timeout(idle, out.flush()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(%addr, "client stopped reading replies; closing");
+            false
         }
     }
 }
@@ -196,15 +250,30 @@ async fn recv_feed(feed: &mut Option<crate::storage::Subscription>) -> Result<Ar
     }
 }
 
-async fn send(out: &mut OwnedWriteHalf, msg: &Message) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    codec::encode(msg, &mut buf);
-    out.write_all(&buf).await
+/// Per-client limits in force.
+#[derive(Clone, Copy)]
+struct Limits {
+    cursors: usize,
+    watches: usize,
+    in_flight: usize,
+}
+
+impl Limits {
+    fn of(options: &ServerOptions) -> Limits {
+        let or = |n: usize, default: usize| if n == 0 { default } else { n };
+        Limits {
+            cursors: or(options.max_cursors, 16),
+            watches: or(options.max_watches, 16),
+            in_flight: or(options.max_in_flight, 128),
+        }
+    }
 }
 
 struct Session<'a> {
     ctx: &'a ConnCtx,
     client: NodeId,
+    read_only: bool,
+    limits: Limits,
     cursors: HashMap<u64, (Scan, u32)>,
     next_watch: u64,
     watches: Vec<(u64, KeyRange)>,
@@ -231,6 +300,10 @@ impl Session<'_> {
                 Ok(Response::Ok)
             }
             Request::Watch { range } => {
+                if self.watches.len() >= self.limits.watches {
+                    let limit = self.limits.watches;
+                    return Err(RemoteError::new(ErrorCode::BadRequest, format!("too many watches (limit {limit})")));
+                }
                 let watch = self.next_watch;
                 self.next_watch += 1;
                 self.watches.push((watch, range));
@@ -242,8 +315,8 @@ impl Session<'_> {
 
     fn write(&self, ops: Vec<BatchOp>) -> Result<Response, RemoteError> {
         let server = &self.ctx.server.options;
-        if server.read_only {
-            return Err(RemoteError::new(ErrorCode::ReadOnly, "this listener is read-only"));
+        if self.read_only {
+            return Err(RemoteError::new(ErrorCode::ReadOnly, "read-only access: writes are refused"));
         }
         if let Some(hook) = &server.hook {
             hook(&ops).map_err(|msg| RemoteError::new(ErrorCode::Rejected, msg))?;
@@ -265,10 +338,7 @@ impl Session<'_> {
     }
 
     fn open_scan(&mut self, options: ScanOptions, chunk: u32) -> Result<Response, RemoteError> {
-        let max = match self.ctx.server.options.max_cursors {
-            0 => 16,
-            n => n,
-        };
+        let max = self.limits.cursors;
         if self.cursors.len() >= max {
             return Err(RemoteError::new(ErrorCode::BadRequest, format!("too many open scans (limit {max})")));
         }

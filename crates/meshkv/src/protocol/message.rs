@@ -94,6 +94,11 @@ pub enum CloseReason {
     Timeout,
     /// The local store failed.
     StorageError,
+    /// The node is at its connection limit; try again later.
+    Overloaded,
+    /// The credentials presented do not allow this (a peer link over the
+    /// read-only secret).
+    Unauthorized,
 }
 
 /// Every message after the byte-level framing.

@@ -1,0 +1,193 @@
+//! Framed, optionally encrypted connections over TCP, shared by the node
+//! and the client: [`establish`] runs the handshake, then a [`FrameReader`]
+//! decrypts and decodes frames and a [`FrameWriter`] encodes and encrypts
+//! them. The byte-level work is done by the pure `secure` and `codec`
+//! modules; this is only the IO around them.
+
+use crate::protocol::{codec, Message};
+use crate::secure::{Access, Handshake, Opener, Sealer, SecureError, Security, Side};
+use std::io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a connection could not be established. The connection is unusable
+/// and no protocol frame was exchanged.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EstablishError {
+    /// The socket failed or closed during the handshake.
+    #[error("connection closed during the handshake: {0}")]
+    Io(#[from] io::Error),
+    /// The handshake failed (wrong secret, not meshkv, ...).
+    #[error(transparent)]
+    Secure(#[from] SecureError),
+}
+
+/// Runs the handshake on a fresh connection; the returned halves carry
+/// frames, encrypted when `security` has a secret.
+pub(crate) async fn establish(
+    stream: TcpStream,
+    side: Side,
+    security: &Security,
+    max_frame: usize,
+) -> Result<(FrameReader, FrameWriter, Access), EstablishError> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut hs = match side {
+        Side::Initiator => Handshake::initiator(security)?,
+        Side::Responder => Handshake::responder(security),
+    };
+    let mut chunk = vec![0u8; 1024];
+    loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+        }
+        if let Some(done) = hs.established() {
+            let reader = FrameReader::new(rd, done.opener, done.plain, max_frame);
+            return Ok((reader, FrameWriter::new(wr, done.sealer), done.access));
+        }
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        if let Err(e) = hs.read(&chunk[..n]) {
+            // Say why (the preamble, a refusal) before closing.
+            let _ = wr.write_all(&hs.take_output()).await;
+            return Err(e.into());
+        }
+    }
+}
+
+/// Decodes frames from a socket, decrypting and buffering partial ones.
+pub(crate) struct FrameReader {
+    rd: OwnedReadHalf,
+    opener: Opener,
+    /// Decrypted bytes not yet decoded, from `start`.
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+    failed: bool,
+}
+
+impl FrameReader {
+    fn new(rd: OwnedReadHalf, opener: Opener, plain: Vec<u8>, max_frame: usize) -> Self {
+        FrameReader { rd, opener, buf: plain, start: 0, max_frame, failed: false }
+    }
+
+    /// A frame already buffered, without reading. After a malformed frame
+    /// the reader yields nothing more.
+    pub fn try_next(&mut self) -> Option<Result<Message, String>> {
+        if self.failed {
+            return None;
+        }
+        match codec::decode(&self.buf[self.start..], self.max_frame) {
+            Ok(Some((msg, used))) => {
+                self.start += used;
+                Some(Ok(msg))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e.to_string()))
+            }
+        }
+    }
+
+    /// The next frame; `None` at end of stream. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Message, String>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(m) = self.try_next() {
+                return Some(m);
+            }
+            if self.failed {
+                return None;
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            match self.rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => {
+                    if let Err(e) = self.opener.open(&chunk[..n], &mut self.buf) {
+                        self.failed = true;
+                        return Some(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Encodes and encrypts frames into a send buffer and writes it out.
+pub(crate) struct FrameWriter {
+    wr: OwnedWriteHalf,
+    sealer: Sealer,
+    plain: Vec<u8>,
+    wire: Vec<u8>,
+    written: usize,
+}
+
+impl FrameWriter {
+    fn new(wr: OwnedWriteHalf, sealer: Sealer) -> Self {
+        FrameWriter { wr, sealer, plain: Vec::new(), wire: Vec::new(), written: 0 }
+    }
+
+    /// Queues already-encoded frames.
+    pub fn queue_frames(&mut self, frames: &[u8]) -> io::Result<()> {
+        if self.written == self.wire.len() {
+            self.wire.clear();
+            self.written = 0;
+        }
+        self.sealer.seal(frames, &mut self.wire).map_err(io::Error::other)
+    }
+
+    /// Queues one message.
+    pub fn queue(&mut self, msg: &Message) -> io::Result<()> {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        codec::encode(msg, &mut plain);
+        let res = self.queue_frames(&plain);
+        self.plain = plain;
+        res
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.wire.len() - self.written
+    }
+
+    /// Writes some of what is queued (one `write` call). Cancel-safe: an
+    /// interrupted call wrote nothing, or what it returned.
+    pub async fn write_some(&mut self) -> io::Result<usize> {
+        let n = self.wr.write(&self.wire[self.written..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.written += n;
+        Ok(n)
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while self.pending() > 0 {
+            self.write_some().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues `msg` and writes everything queued.
+    pub async fn send(&mut self, msg: &Message) -> io::Result<()> {
+        self.queue(msg)?;
+        self.flush().await
+    }
+
+    /// Closes the sending direction after writing what is queued.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.wr.shutdown().await
+    }
+}
