@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let target = cli.target;
     let outcome = match cli.command {
         Command::Bench(args) => bench::run(args),
-        Command::Secret(args) => secret::run(args),
+        Command::Secret(args) => return secret::run(args).map_or_else(remote::fail, |()| ExitCode::SUCCESS),
         Command::Serve(args) => return serve::run(args, target),
         Command::Put(args) => return remote::put(args, target),
         Command::Get(args) => return remote::get(args, target),

@@ -393,6 +393,48 @@ mod tests {
     }
 
     #[test]
+    fn a_public_listener_needs_a_secret_or_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, format!("{}\n", meshkv::secure::Secret::generate().to_hex())).unwrap();
+        let (args, target) = parse(&[]);
+        let plain = settings(&args, &target).unwrap();
+        let public: SocketAddr = "0.0.0.0:7420".parse().unwrap();
+        let e = node_config(&plain, public, vec![], false).unwrap_err();
+        assert!(format!("{e:#}").contains("--insecure"), "{e:#}");
+        assert!(node_config(&plain, public, vec![], true).unwrap().allow_insecure);
+        let loopback: SocketAddr = "127.0.0.1:7420".parse().unwrap();
+        assert!(!node_config(&plain, loopback, vec![], false).unwrap().security.is_enabled());
+
+        let (args, target) = parse(&["--secret-file", secret.to_str().unwrap()]);
+        let secured = settings(&args, &target).unwrap();
+        assert!(node_config(&secured, public, vec![], false).unwrap().security.is_enabled());
+        let (args, target) = parse(&["--read-only-secret-file", secret.to_str().unwrap()]);
+        let e = node_config(&settings(&args, &target).unwrap(), loopback, vec![], false).unwrap_err();
+        assert!(format!("{e:#}").contains("--secret-file"), "{e:#}");
+    }
+
+    #[test]
+    fn limits_come_from_the_config_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 7\nmax_handshaking = 3\nidle_timeout_ms = 900\nmax_value_bytes = 1000\n\
+             max_frame_bytes = 100000\nmax_watches = 2\n",
+        )
+        .unwrap();
+        let (args, target) = parse(&["--config", path.to_str().unwrap()]);
+        let s = settings(&args, &target).unwrap();
+        let cfg = node_config(&s, "127.0.0.1:1".parse().unwrap(), vec![], false).unwrap();
+        assert_eq!((cfg.max_connections, cfg.max_handshaking, cfg.max_frame), (7, 3, 100_000));
+        assert_eq!((cfg.link.idle_timeout_ms, cfg.server.max_watches), (900, 2));
+        assert_eq!(store_options(&s, cfg.max_frame).unwrap().max_value_len, 1000);
+        let e = store_options(&s, 1000).unwrap_err();
+        assert!(format!("{e:#}").contains("max_frame_bytes"), "{e:#}");
+    }
+
+    #[test]
     fn unknown_config_fields_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

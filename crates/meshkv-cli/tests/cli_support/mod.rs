@@ -18,7 +18,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// from the caller).
 pub fn meshkv() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("MESHKV_NODE").env_remove("MESHKV_CLUSTER").env_remove("RUST_LOG");
+    c.env_remove("MESHKV_NODE").env_remove("MESHKV_CLUSTER").env_remove("MESHKV_SECRET_FILE").env_remove("RUST_LOG");
     c
 }
 

@@ -20,10 +20,6 @@ pub(crate) struct Connected {
     writer: FrameWriter,
 }
 
-/// An idle connection sends a `Ping` this often, well inside the node's
-/// idle timeout (30 s by default).
-const KEEPALIVE: Duration = Duration::from_secs(10);
-
 struct Pending {
     request: Request,
     reply: oneshot::Sender<Result<Response>>,
@@ -151,7 +147,8 @@ pub(crate) async fn run(
                 let _ = w.events.try_send(WatchEvent::Lagged);
             }
         }
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        let every = opts.keepalive.max(Duration::from_millis(10));
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome: std::result::Result<(), ()> = loop {
             if !out.is_empty() {

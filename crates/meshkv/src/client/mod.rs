@@ -35,6 +35,9 @@ pub struct ClientOptions {
     pub reconnect_min: Duration,
     /// Largest accepted frame.
     pub max_frame: usize,
+    /// An idle connection sends a ping this often (default 10 s); keep it
+    /// well below the node's idle timeout (30 s by default).
+    pub keepalive: Duration,
     /// The cluster secret (or the read-only client secret) to authenticate
     /// with; required by nodes that have one, refused by nodes that don't.
     pub secret: Option<crate::secure::Secret>,
@@ -54,6 +57,7 @@ impl Default for ClientOptions {
             max_frame: crate::protocol::codec::DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(30),
             secret: None,
+            keepalive: Duration::from_secs(10),
         }
     }
 }

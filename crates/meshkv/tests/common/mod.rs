@@ -25,6 +25,12 @@ pub async fn start(db: Db) -> Node {
     Node::start(db, NodeConfig { listen: loopback(), ..NodeConfig::default() }).await.expect("start")
 }
 
+/// Starts a node for `db` listening on loopback that requires `secret`.
+pub async fn start_secured(db: Db, secret: &meshkv::secure::Secret) -> Node {
+    let security = meshkv::secure::Security::with_secret(secret.clone());
+    Node::start(db, NodeConfig { listen: loopback(), security, ..NodeConfig::default() }).await.expect("start")
+}
+
 /// Starts a node for `db` listening on loopback, serving clients with `server`.
 pub async fn start_serving(db: Db, server: meshkv::node::ServerOptions) -> Node {
     Node::start(db, NodeConfig { listen: loopback(), server, ..NodeConfig::default() }).await.expect("start")
@@ -52,6 +58,8 @@ struct ProxyShared {
     armed_reply: std::sync::atomic::AtomicBool,
     accepted: std::sync::atomic::AtomicU64,
     dropped: std::sync::atomic::AtomicU64,
+    /// Every byte forwarded, per direction: [to the node, from the node].
+    captured: [std::sync::Mutex<Vec<u8>>; 2],
 }
 
 impl Proxy {
@@ -67,6 +75,7 @@ impl Proxy {
             armed_reply: std::sync::atomic::AtomicBool::new(false),
             accepted: std::sync::atomic::AtomicU64::new(0),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            captured: Default::default(),
         });
         let task = tokio::spawn(proxy_accept(listener, std::sync::Arc::clone(&shared)));
         Proxy { addr, shared, task }
@@ -115,6 +124,12 @@ impl Proxy {
         self.shared.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Every byte forwarded so far: (towards the node, from the node).
+    pub fn captured(&self) -> (Vec<u8>, Vec<u8>) {
+        let get = |i: usize| self.shared.captured[i].lock().expect("capture").clone();
+        (get(0), get(1))
+    }
+
     /// Stops accepting and drops every proxied connection.
     pub fn stop(self) {
         self.cut();
@@ -146,8 +161,8 @@ async fn proxy_accept(listener: tokio::net::TcpListener, shared: std::sync::Arc<
             let (client_rd, client_wr) = client.into_split();
             let (server_rd, server_wr) = server.into_split();
             tokio::select! {
-                _ = pump(client_rd, server_wr, &shared.armed_request, &shared) => {}
-                _ = pump(server_rd, client_wr, &shared.armed_reply, &shared) => {}
+                _ = pump(client_rd, server_wr, &shared.armed_request, &shared, 0) => {}
+                _ = pump(server_rd, client_wr, &shared.armed_reply, &shared, 1) => {}
                 _ = cut.changed() => {}
             }
             // Both sockets are dropped here: the client and the node each see
@@ -161,6 +176,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     armed: &std::sync::atomic::AtomicBool,
     shared: &ProxyShared,
+    direction: usize,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -173,6 +189,7 @@ async fn pump(
             shared.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return;
         }
+        shared.captured[direction].lock().expect("capture").extend_from_slice(&buf[..n]);
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }

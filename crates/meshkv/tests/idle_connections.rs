@@ -1,0 +1,102 @@
+//! Silent connections are closed by the node's timeouts: one that never
+//! finishes its handshake, and an authenticated client that goes quiet.
+//! A real client stays connected through long pauses by its keepalive.
+
+mod common;
+
+use common::{loopback, Proxy};
+use meshkv::client::{Client, ClientOptions};
+use meshkv::node::{Node, NodeConfig};
+use meshkv::protocol::{codec, Hello, LinkConfig, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use meshkv::secure::{Handshake, Secret, Security};
+use meshkv::{Db, NodeId, Options};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT_MS: u64 = 400;
+
+async fn node(security: &Security) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let link = LinkConfig { handshake_timeout_ms: TIMEOUT_MS, idle_timeout_ms: TIMEOUT_MS, ..LinkConfig::default() };
+    let cfg = NodeConfig { listen: loopback(), link, security: security.clone(), ..NodeConfig::default() };
+    (dir, Node::start(db, cfg).await.expect("start"))
+}
+
+/// Reads until the node closes the connection; fails if it stays open
+/// far longer than the timeout.
+async fn closed_by_node(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let wait = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(TIMEOUT_MS * 10), wait)
+        .await
+        .expect("the node kept a silent connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_handshakes_is_closed() {
+    let (_d, node) = node(&Security::with_secret(Secret::generate())).await;
+    let silent = TcpStream::connect(node.local_addr().expect("addr")).await.expect("connect");
+    closed_by_node(silent).await;
+    let mut partial = TcpStream::connect(node.local_addr().expect("addr")).await.expect("connect");
+    partial.write_all(b"MKV1").await.expect("write");
+    closed_by_node(partial).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_client_that_goes_quiet_is_closed() {
+    let security = Security::with_secret(Secret::generate());
+    let (_d, node) = node(&security).await;
+    let mut s = TcpStream::connect(node.local_addr().expect("addr")).await.expect("connect");
+    let mut hs = Handshake::initiator(&security).expect("handshake");
+    s.write_all(&hs.take_output()).await.expect("write");
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).await.expect("read");
+        if hs.read(&buf[..n]).expect("honest handshake") {
+            break;
+        }
+    }
+    let mut sealer = hs.established().expect("established").sealer;
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        cluster: "meshkv".into(),
+        node: NodeId::random(),
+        role: Role::Client,
+        mode: Mode::Sync,
+        policy: 0,
+    };
+    let (mut frame, mut wire) = (Vec::new(), Vec::new());
+    codec::encode(&Message::Hello(hello), &mut frame);
+    sealer.seal(&frame, &mut wire).expect("seal");
+    s.write_all(&wire).await.expect("hello");
+    closed_by_node(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_its_connection_through_pauses() {
+    let secret = Secret::generate();
+    let (_d, node) = node(&Security::with_secret(secret.clone())).await;
+    let proxy = Proxy::start(node.local_addr().expect("addr")).await;
+    let options = ClientOptions {
+        secret: Some(secret),
+        keepalive: Duration::from_millis(TIMEOUT_MS / 4),
+        retry: false,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(proxy.addr(), options).await.expect("connect");
+    for round in 0..3 {
+        client.put(format!("k{round}"), "v").await.expect("put after a pause");
+        tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 2)).await;
+    }
+    assert_eq!(proxy.accepted(), 1, "the client had to reconnect");
+}
