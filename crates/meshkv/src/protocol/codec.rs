@@ -102,5 +102,19 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes, 1 << 20);
         }
+
+        /// Arbitrary payloads behind a valid length prefix reach the message
+        /// decoder; whatever it accepts round-trips.
+        #[test]
+        fn arbitrary_payloads_decode_or_fail_cleanly(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            if let Ok(Some((msg, used))) = decode(&frame, DEFAULT_MAX_FRAME) {
+                prop_assert_eq!(used, frame.len());
+                let mut again = Vec::new();
+                encode(&msg, &mut again);
+                prop_assert_eq!(decode(&again, DEFAULT_MAX_FRAME).expect("re-encoded").map(|(m, _)| m), Some(msg));
+            }
+        }
     }
 }
