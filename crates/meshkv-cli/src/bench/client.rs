@@ -18,6 +18,7 @@ use clap::Args;
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
 use meshkv::protocol::BatchOp;
+use meshkv::secure::{Secret, Security};
 use meshkv::{Db, Options};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -45,6 +46,10 @@ pub struct ClientArgs {
     /// Where the temporary store goes (default: the system temp directory).
     #[arg(long, env = "MESHKV_BENCH_DIR")]
     dir: Option<PathBuf>,
+    /// Authenticate and encrypt the connection with a fresh cluster secret
+    /// (measures what Noise costs).
+    #[arg(long)]
+    secret: bool,
 }
 
 /// Runs `meshkv bench client`.
@@ -74,10 +79,13 @@ pub fn run(args: ClientArgs) -> Result<()> {
 
 async fn measure(args: &ClientArgs, dir: &std::path::Path) -> Result<serde_json::Value> {
     let db = Db::open(dir, Options::default()).context("cannot open the benchmark store")?;
-    let cfg = NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), ..NodeConfig::default() };
+    let secret = args.secret.then(Secret::generate);
+    let security = Security { secret: secret.clone(), read_only_secret: None };
+    let cfg = NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), security, ..NodeConfig::default() };
     let node = Node::start(db, cfg).await.context("cannot start the node")?;
     let addr = node.local_addr().context("node has no address")?;
-    let client = Client::connect(addr, ClientOptions::default()).await.context("cannot connect")?;
+    let client =
+        Client::connect(addr, ClientOptions { secret, ..ClientOptions::default() }).await.context("cannot connect")?;
     let (ops, size) = (args.ops, args.value_size);
     let value = move |i: u64| {
         let mut v = Vec::with_capacity(size);
@@ -132,6 +140,7 @@ async fn measure(args: &ClientArgs, dir: &std::path::Path) -> Result<serde_json:
         "ops": ops,
         "in_flight": args.in_flight,
         "value_size": args.value_size,
+        "encrypted": args.secret,
         "put_seq_per_s": put_seq,
         "get_seq_per_s": get_seq,
         "put_in_flight_per_s": put_par,

@@ -284,7 +284,9 @@ impl Drop for Node {
 
 /// Republishes conflicts from the change feed as node events.
 async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shutdown: watch::Receiver<bool>) {
+    const LAG_WARN_INTERVAL: Duration = Duration::from_secs(10);
     let mut feed = db.subscribe(crate::KeyRange::all());
+    let (mut dropped, mut last_warned) = (0u64, None);
     loop {
         let commit = tokio::select! {
             c = feed.recv_commit() => c,
@@ -300,7 +302,18 @@ async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shu
                     }
                 }
             }
-            Err(FeedError::Lagged { missed }) => tracing::warn!(missed, "conflict events dropped: feed lagged"),
+            Err(FeedError::Lagged { missed }) => {
+                // Under a write burst this repeats; say it once per interval.
+                dropped += missed;
+                if last_warned.is_none_or(|t: Instant| t.elapsed() >= LAG_WARN_INTERVAL) {
+                    tracing::warn!(
+                        missed = dropped,
+                        "conflict events dropped: the feed lagged (conflicts are still counted)"
+                    );
+                    dropped = 0;
+                    last_warned = Some(Instant::now());
+                }
+            }
             Err(_) => return,
         }
     }
