@@ -78,6 +78,11 @@ impl FrameReader {
         FrameReader { rd, opener, buf: plain, start: 0, max_frame, failed: false }
     }
 
+    /// Changes the largest frame accepted from now on.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// A frame already buffered, without reading. After a malformed frame
     /// the reader yields nothing more.
     pub fn try_next(&mut self) -> Option<Result<Message, String>> {

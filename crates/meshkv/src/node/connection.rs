@@ -134,12 +134,19 @@ impl Refusal {
     }
 }
 
+/// Largest first frame of an accepted connection.
+const FIRST_FRAME_LIMIT: usize = 64 * 1024;
+
 type Admitted = (FrameReader, FrameWriter, Access, Result<Message, String>);
 
 async fn admit(ctx: &ConnCtx, stream: TcpStream) -> Result<Admitted, Refusal> {
     let (mut frames, writer, access) =
         net::establish(stream, Side::Responder, &ctx.security, ctx.max_frame).await.map_err(Refusal::Handshake)?;
+    // The first frame is a small `Hello`: a socket still being admitted
+    // cannot make the node buffer a full-size frame.
+    frames.set_max_frame(FIRST_FRAME_LIMIT.min(ctx.max_frame));
     let first = frames.next().await.ok_or(Refusal::NoHello)?;
+    frames.set_max_frame(ctx.max_frame);
     Ok((frames, writer, access, first))
 }
 
