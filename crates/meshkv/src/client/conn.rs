@@ -41,7 +41,7 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
         let security = Security { secret: opts.secret.clone(), read_only_secret: None };
         let (mut reader, mut writer, _) =
             net::establish(stream, Side::Initiator, &security, opts.max_frame).await.map_err(|e| match e {
-                EstablishError::Secure(e) => RemoteError::new(ErrorCode::Unauthorized, format!("{addr}: {e}")),
+                EstablishError::Secure(e) => RemoteError::new(ErrorCode::Unauthorized, e.to_string()),
                 EstablishError::Io(e) => RemoteError::new(ErrorCode::ConnectionLost, format!("{addr}: {e}")),
             })?;
         let hello = Hello {

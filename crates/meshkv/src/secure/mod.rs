@@ -73,7 +73,7 @@ pub enum SecureError {
     #[error("the other side does not speak meshkv")]
     NotMeshkv,
     /// The other side requires a cluster secret and none is configured here.
-    #[error("the other side requires a cluster secret; none is configured here (--secret-file)")]
+    #[error("the other side requires a cluster secret; none is configured here")]
     NeedSecret,
     /// This side requires a cluster secret and the other side has none.
     #[error("the other side has no cluster secret; this side requires one")]
