@@ -50,14 +50,28 @@ pub struct ClientArgs {
     /// (measures what Noise costs).
     #[arg(long)]
     secret: bool,
+    /// Run the client on the node's runtime instead of its own
+    /// single-threaded one (as a client in another process would be).
+    #[arg(long)]
+    shared_runtime: bool,
 }
 
 /// Runs `meshkv bench client`.
 pub fn run(args: ClientArgs) -> Result<()> {
     let base = super::base_dir(args.dir.as_deref())?;
     let dir = super::temp_dir(&base, "meshkv-bench-client-")?;
-    let rt = super::runtime()?;
-    let results = rt.block_on(measure(&args, dir.path()))?;
+    let node_rt = super::runtime()?;
+    let (node, addr, secret) = node_rt.block_on(start_node(&args, dir.path()))?;
+    let results = if args.shared_runtime {
+        node_rt.block_on(measure(&args, addr, secret))?
+    } else {
+        let client_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the client's runtime")?;
+        client_rt.block_on(measure(&args, addr, secret))?
+    };
+    node_rt.block_on(node.shutdown());
     if args.json {
         println!("{results}");
     } else {
@@ -77,13 +91,18 @@ pub fn run(args: ClientArgs) -> Result<()> {
     Ok(())
 }
 
-async fn measure(args: &ClientArgs, dir: &std::path::Path) -> Result<serde_json::Value> {
+/// Starts the node under test on a fresh store.
+async fn start_node(args: &ClientArgs, dir: &std::path::Path) -> Result<(Node, SocketAddr, Option<Secret>)> {
     let db = Db::open(dir, Options::default()).context("cannot open the benchmark store")?;
     let secret = args.secret.then(Secret::generate);
     let security = Security { secret: secret.clone(), read_only_secret: None };
     let cfg = NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), security, ..NodeConfig::default() };
     let node = Node::start(db, cfg).await.context("cannot start the node")?;
     let addr = node.local_addr().context("node has no address")?;
+    Ok((node, addr, secret))
+}
+
+async fn measure(args: &ClientArgs, addr: SocketAddr, secret: Option<Secret>) -> Result<serde_json::Value> {
     let client =
         Client::connect(addr, ClientOptions { secret, ..ClientOptions::default() }).await.context("cannot connect")?;
     let (ops, size) = (args.ops, args.value_size);
@@ -131,7 +150,6 @@ async fn measure(args: &ClientArgs, dir: &std::path::Path) -> Result<serde_json:
     })
     .await?
         * batch as f64;
-    node.shutdown().await;
     Ok(json!({
         "batch": batch,
         "put_batched_per_s": put_batched,
@@ -141,6 +159,7 @@ async fn measure(args: &ClientArgs, dir: &std::path::Path) -> Result<serde_json:
         "in_flight": args.in_flight,
         "value_size": args.value_size,
         "encrypted": args.secret,
+        "client_runtime": if args.shared_runtime { "shared with the node" } else { "own, single-threaded" },
         "put_seq_per_s": put_seq,
         "get_seq_per_s": get_seq,
         "put_in_flight_per_s": put_par,
