@@ -17,7 +17,8 @@
 //!   exactly `--entries` keys, has A's version vector, and that 1000 evenly
 //!   spaced keys have byte-identical records on both sides.
 //! * Raw baseline: the (key, record) pairs A streams (read once, before any
-//!   timing, with `changes_since(empty vector)`, in the order they are sent)
+//!   timing, with `Snapshot::catch_up(empty vector)`, in the order they are
+//!   sent: key order for a bootstrap)
 //!   are written into one keyspace of a fresh plain fjall 3 database, as the
 //!   receiver stores them in its `data` keyspace: key `b'k' ‖ user key`,
 //!   value the encoded record. `OwnedWriteBatch` of 1000 entries with
@@ -270,15 +271,16 @@ pub fn run(args: ReplicateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads what the sender streams to an empty receiver (`changes_since` the
-/// empty vector), as the receiver stores it.
+/// Reads what the sender streams to an empty receiver (`Snapshot::catch_up`
+/// from the empty vector), in the same order, as the receiver stores it.
 fn stored_records(a: &Db, n: usize) -> Result<StoredRecords> {
     let mut out = StoredRecords {
         keys: Vec::with_capacity(n * StoredRecords::DATA_KEY_LEN),
         values: Vec::new(),
         ends: Vec::with_capacity(n),
     };
-    for item in a.changes_since(&VersionVector::new()).context("changes_since failed")? {
+    let stream = a.snapshot().catch_up(&VersionVector::new(), None).context("reading the catch-up stream failed")?;
+    for item in stream {
         let (key, record) = item.context("reading the sender's change log failed")?;
         ensure!(key.len() == KEY_LEN, "unexpected key length {}", key.len());
         out.keys.push(b'k');
@@ -539,10 +541,10 @@ impl Report<'_> {
             "samples_raw_process_cpu_seconds": self.raws.iter().map(|r| r.process_cpu_seconds).collect::<Vec<_>>(),
             "receiver": best.child,
             "sender_preload_seconds": self.preload_seconds,
-            "sender_changes_since_per_s": n / self.read_seconds.max(1e-9),
+            "sender_catch_up_read_per_s": n / self.read_seconds.max(1e-9),
             "verified": "receiver holds exactly `entries` keys and the sender's version vector; 1000 sampled keys have identical records",
             "seconds_measures": "receiver process: from Node::start (its empty store already open) to NodeEvent::CaughtUp from the sender (includes connect and handshake)",
-            "raw_ingest": "the records the sender streams (read before timing via changes_since), as the receiver stores them in its data keyspace (key b'k' ++ user key, value = encoded record), into one keyspace of a fresh plain fjall database: OwnedWriteBatch of 1000, durability Some(PersistMode::Buffer), 64 MiB block cache; no change-log or meta keys",
+            "raw_ingest": "the records the sender streams, in the order it streams them (read before timing via Snapshot::catch_up from the empty vector: key order), as the receiver stores them in its data keyspace (key b'k' ++ user key, value = encoded record), into one keyspace of a fresh plain fjall database: OwnedWriteBatch of 1000, durability Some(PersistMode::Buffer), 64 MiB block cache; no change-log or meta keys",
             "peak_rss": "VmHWM of the receiver process (/proc/self/status) read at NodeEvent::CaughtUp, MiB",
             "sender_cpu": "on-CPU time (utime+stime) of the sending process while the receiver process ran",
             "process_cpu": "entries_per_process_cpu_s = entries / (sender + receiver process CPU seconds) of a catch-up; raw_ingest_per_process_cpu_s = entries / CPU seconds of the whole raw-ingesting process during the timed loop (writer + fjall background threads); cpu_ratio = their quotient (best of runs each); raw_ingest_per_cpu_s counts the writing thread only",
