@@ -95,7 +95,7 @@ impl Db {
                 Some(j) => Some(touched[j].new.clone()),
                 None => olds[i].take(),
             };
-            let merged = merge(&key, current.as_ref(), &remote, &inner.opts.policy);
+            let merged = merge(&key, current.as_ref(), remote, &inner.opts.policy);
             let conflict = merged
                 .conflict
                 .filter(|c| c.incoming.iter().any(|d| !w.vv.contains(*d)))
@@ -205,6 +205,11 @@ impl Db {
         let inner: &Inner = &self.inner;
         let mut batch = inner.batch(touched.len() * 3 + raise.len());
         let mut changes = Vec::with_capacity(touched.len());
+        // Log entries are inserted in log-key order: a batch's dots are
+        // scattered over the log (a key-order catch-up) and the engine's
+        // memtable is a skip list, whose inserts in ascending order revisit
+        // the same (cached) nodes instead of missing the cache at every level.
+        let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<Vec<u8>>)> = Vec::with_capacity(touched.len());
         for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
                 changes.push(Change { key, record: new, conflict });
@@ -212,13 +217,20 @@ impl Db {
             }
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
-                batch.remove(&inner.log, keys::log_key(*d).to_vec());
+                log_ops.push((keys::log_key(*d), None));
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
-                batch.insert(&inner.log, keys::log_key(d).to_vec(), key.clone());
+                log_ops.push((keys::log_key(d), Some(key.clone())));
             }
             batch.insert(&inner.data, keys::data_key(&key), new.encode());
             changes.push(Change { key, record: new, conflict });
+        }
+        log_ops.sort_unstable_by_key(|op| op.0);
+        for (log_key, op) in log_ops {
+            match op {
+                Some(key) => batch.insert(&inner.log, log_key.to_vec(), key),
+                None => batch.remove(&inner.log, log_key.to_vec()),
+            }
         }
         for &(origin, seq) in raise {
             batch.insert(&inner.meta, keys::vv_key(origin), keys::u64_value(seq).to_vec());
