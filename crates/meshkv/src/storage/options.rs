@@ -41,11 +41,12 @@ pub struct Options {
     pub feed_capacity: usize,
     /// Block cache size in bytes (default 64 MiB).
     pub cache_bytes: u64,
-    /// Memtable size of the data keyspace in bytes (default 16 MiB; the
+    /// Memtable size of the data keyspace in bytes (default 32 MiB; the
     /// change log's is half of it, the engine's default is 64 MiB). The
     /// engine keeps up to 4 full memtables per keyspace waiting for their
     /// flush besides the active one, so this bounds the memory a bulk load
     /// or a bootstrap holds in memtables (BENCHMARKS.md, `bench replicate`).
+    /// Much smaller memtables cost local write throughput (16 MiB did).
     /// Applies to a store created with these options; an existing store
     /// keeps the sizes it was created with.
     pub memtable_bytes: u64,
@@ -67,7 +68,7 @@ impl Default for Options {
             max_value_len: 16 * 1024 * 1024,
             feed_capacity: 64,
             cache_bytes: 64 * 1024 * 1024,
-            memtable_bytes: 16 * 1024 * 1024,
+            memtable_bytes: 32 * 1024 * 1024,
             clock: Arc::new(SystemClock),
             new_node_id: None,
         }
