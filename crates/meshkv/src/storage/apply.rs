@@ -209,7 +209,9 @@ impl Db {
         // scattered over the log (a key-order catch-up) and the engine's
         // memtable is a skip list, whose inserts in ascending order revisit
         // the same (cached) nodes instead of missing the cache at every level.
-        let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<Vec<u8>>)> = Vec::with_capacity(touched.len());
+        // Each op: the log key and, for an insert, the index of its key's change.
+        let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<usize>)> = Vec::with_capacity(touched.len());
+        let mut data_key = Vec::new();
         for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
                 changes.push(Change { key, record: new, conflict });
@@ -220,16 +222,17 @@ impl Db {
                 log_ops.push((keys::log_key(*d), None));
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
-                log_ops.push((keys::log_key(d), Some(key.clone())));
+                log_ops.push((keys::log_key(d), Some(changes.len())));
             }
-            batch.insert(&inner.data, keys::data_key(&key), new.encode());
+            keys::data_key_into(&key, &mut data_key);
+            batch.insert(&inner.data, &data_key[..], new.encode());
             changes.push(Change { key, record: new, conflict });
         }
         log_ops.sort_unstable_by_key(|op| op.0);
         for (log_key, op) in log_ops {
             match op {
-                Some(key) => batch.insert(&inner.log, log_key.to_vec(), key),
-                None => batch.remove(&inner.log, log_key.to_vec()),
+                Some(i) => batch.insert(&inner.log, &log_key[..], &changes[i].key[..]),
+                None => batch.remove(&inner.log, &log_key[..]),
             }
         }
         for &(origin, seq) in raise {
