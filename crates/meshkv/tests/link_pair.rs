@@ -2,7 +2,7 @@
 //! real codec): catch-up, live push, modes and resume.
 
 use meshkv::protocol::{codec, Link, LinkConfig, LinkEvent, Mode};
-use meshkv::storage::{FeedError, Subscription};
+use meshkv::storage::{FeedError, ResumePoint, Subscription};
 use meshkv::{Db, KeyRange, Options};
 
 struct End {
@@ -138,5 +138,95 @@ fn an_interrupted_catch_up_resumes() {
     let (sent, _) = ea.link.item_counts();
     assert_eq!(sent as usize, 1000 - partial, "only the rest is sent again");
     assert_eq!(b.scan(Default::default()).count(), 1000);
+    assert_eq!(a.version_vector(), b.version_vector());
+}
+
+/// Records of every key on `db`, in key order (tombstones included).
+fn records(db: &Db) -> Vec<(Vec<u8>, meshkv::Record)> {
+    db.changes_since(&meshkv::VersionVector::new())
+        .expect("changes")
+        .map(|r| r.expect("item"))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect()
+}
+
+/// A bootstrap streams in key order; interrupted, it resumes after the last
+/// key applied. Writes made on the sender in between — to keys before that
+/// point, after it, and new keys — all arrive, and nothing else is sent again.
+#[test]
+fn an_interrupted_key_order_catch_up_resumes_and_gets_later_writes() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    for i in 0..1000u32 {
+        a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
+    }
+    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    for _ in 0..6 {
+        transmit(&mut ea, &mut eb, 1);
+        transmit(&mut eb, &mut ea, 1);
+    }
+    drop((ea, eb));
+    let partial = b.scan(Default::default()).count();
+    assert!(partial > 0 && partial < 500, "{partial}");
+    let Some(ResumePoint::Key { key, .. }) = b.resume_point(a.node_id()).expect("resume point") else {
+        panic!("a bootstrap runs in key order: {:?}", b.resume_point(a.node_id()))
+    };
+    assert_eq!(key, (partial as u32 - 1).to_be_bytes(), "the resume point is the last key applied");
+
+    // Meanwhile on the sender: overwrites and a delete before the resume
+    // point, an overwrite after it, and two new keys (one sorting first).
+    a.put(0u32.to_be_bytes(), [2u8; 100]).expect("put");
+    a.put(3u32.to_be_bytes(), [2u8; 100]).expect("put");
+    a.delete(5u32.to_be_bytes()).expect("delete");
+    a.put(900u32.to_be_bytes(), [2u8; 100]).expect("put");
+    a.put([0u8], [3u8; 10]).expect("put");
+    a.put(5000u32.to_be_bytes(), [3u8; 10]).expect("put");
+
+    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    pump(&mut ea, &mut eb);
+    let (sent, _) = ea.link.item_counts();
+    assert_eq!(
+        sent as usize,
+        (1000 - partial) + 3 + 2,
+        "the rest, the three changes before the resume point, the new keys"
+    );
+    assert_eq!(records(&a), records(&b));
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert_eq!(b.resume_point(a.node_id()).expect("resume point"), None);
+    assert!(b.verify().expect("verify").is_ok());
+}
+
+/// A node that lacks a small part of the sender's store catches up in log
+/// order, and an interrupted log-order catch-up resumes where it stopped.
+#[test]
+fn an_interrupted_log_order_catch_up_resumes() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    for i in 0..2000u32 {
+        a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
+    }
+    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    pump(&mut ea, &mut eb);
+    drop((ea, eb));
+    for i in 2000..2300u32 {
+        a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
+    }
+    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    for _ in 0..4 {
+        transmit(&mut ea, &mut eb, 1);
+        transmit(&mut eb, &mut ea, 1);
+    }
+    drop((ea, eb));
+    let partial = b.scan(Default::default()).count() - 2000;
+    assert!(partial > 0 && partial < 300, "{partial}");
+    assert!(
+        matches!(b.resume_point(a.node_id()).expect("resume point"), Some(ResumePoint::Log(_))),
+        "a small difference is sent in log order"
+    );
+    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    pump(&mut ea, &mut eb);
+    assert_eq!(ea.link.item_counts().0 as usize, 300 - partial, "only the rest is sent again");
+    assert_eq!(records(&a), records(&b));
     assert_eq!(a.version_vector(), b.version_vector());
 }

@@ -24,6 +24,7 @@
 
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::protocol::{LinkConfig, Mode};
+use meshkv::storage::ResumePoint;
 use meshkv::{Batch, Db, NodeId, Options, VersionVector};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -277,7 +278,7 @@ fn run_round(name: &str, dir: &Path, peer: SocketAddr, kill_at: Option<u64>) -> 
 struct Stored {
     records: u64,
     vv: VersionVector,
-    resume: Option<VersionVector>,
+    resume: Option<ResumePoint>,
 }
 
 fn inspect(dir: &Path, sender: NodeId) -> Stored {

@@ -62,7 +62,7 @@
 //! there is one (see [`store_dir`]); `MESHKV_SIM_DIR` overrides the place.
 
 use meshkv::clock::PhysicalClock;
-use meshkv::protocol::{codec, CloseReason, Link, LinkConfig, LinkEvent, Message};
+use meshkv::protocol::{codec, CatchUpOrder, CloseReason, Link, LinkConfig, LinkEvent, Message};
 use meshkv::storage::{Choice, FeedError, Subscription, Version};
 use meshkv::{Batch, ConflictPolicy, Db, Dot, Hlc, KeyRange, NodeId, Options, Record, VersionVector};
 use rand::rngs::StdRng;
@@ -245,6 +245,9 @@ struct Stats {
     catch_ups: u64,
     multi_batch_catch_ups: u64,
     resumed_digests: u64,
+    key_order_catch_ups: u64,
+    log_order_catch_ups: u64,
+    key_order_resumes: u64,
     lag_fallbacks: u64,
     feed_lagged: u64,
     split_frames: u64,
@@ -270,6 +273,9 @@ impl Stats {
         self.catch_ups += o.catch_ups;
         self.multi_batch_catch_ups += o.multi_batch_catch_ups;
         self.resumed_digests += o.resumed_digests;
+        self.key_order_catch_ups += o.key_order_catch_ups;
+        self.log_order_catch_ups += o.log_order_catch_ups;
+        self.key_order_resumes += o.key_order_resumes;
         self.lag_fallbacks += o.lag_fallbacks;
         self.feed_lagged += o.feed_lagged;
         self.split_frames += o.split_frames;
@@ -1144,7 +1150,9 @@ fn show(rec: &Option<Record>) -> String {
 fn describe(msg: &Message) -> String {
     match msg {
         Message::Digest { vv, resume } => format!("digest vv {vv} resume {resume:?}"),
-        Message::CatchUpStart { since, snapshot } => format!("catch-up-start since {since} snapshot {snapshot}"),
+        Message::CatchUpStart { since, snapshot, order } => {
+            format!("catch-up-start since {since} snapshot {snapshot} order {order:?}")
+        }
         Message::CatchUp { id, items, position } => {
             format!("catch-up #{id} {} items, position {position:?}", items.len())
         }
@@ -1159,7 +1167,15 @@ fn observe_sent(stats: &mut Stats, dir: &mut Direction, msg: &Message) {
     *stats.sent.entry(msg.kind()).or_default() += 1;
     match msg {
         Message::Digest { resume: Some(_), .. } => stats.resumed_digests += 1,
-        Message::CatchUpStart { .. } => {
+        Message::CatchUpStart { order, .. } => {
+            match order {
+                CatchUpOrder::Log => stats.log_order_catch_ups += 1,
+                CatchUpOrder::Key { skip: None } => stats.key_order_catch_ups += 1,
+                CatchUpOrder::Key { skip: Some(_) } => {
+                    stats.key_order_catch_ups += 1;
+                    stats.key_order_resumes += 1;
+                }
+            }
             if dir.caught_up {
                 stats.lag_fallbacks += 1; // a second catch-up on one connection
             }
@@ -1246,6 +1262,9 @@ fn seed_range(name: &str, seeds: Range<u64>) {
         ("graceful shutdowns", s.shutdowns),
         ("multi-batch catch-ups", s.multi_batch_catch_ups),
         ("resumed catch-ups", s.resumed_digests),
+        ("key-order catch-ups", s.key_order_catch_ups),
+        ("log-order catch-ups", s.log_order_catch_ups),
+        ("resumed key-order catch-ups", s.key_order_resumes),
         ("queue-overflow re-catch-ups", s.lag_fallbacks),
         ("change-feed lag", s.feed_lagged),
         ("split frames", s.split_frames),

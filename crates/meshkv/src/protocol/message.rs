@@ -1,14 +1,15 @@
 //! Protocol messages: the versioned vocabulary two nodes speak.
 
 use super::request::{RemoteError, Request, Response};
-use crate::storage::Record;
-use crate::version::{Dot, NodeId, VersionVector};
+use crate::storage::{KeySkip, Position, Record, ResumePoint};
+use crate::version::{NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Magic bytes that open every handshake.
 pub const MAGIC: [u8; 4] = *b"MKV1";
-/// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version spoken by this build. 2: key-order catch-ups
+/// ([`CatchUpOrder`]) and typed resume points.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Which way data flows on a link, as seen by the node that configures it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -72,6 +73,19 @@ pub struct Item {
     pub record: Record,
 }
 
+/// How a catch-up stream is ordered (docs/ALGORITHM.md §5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatchUpOrder {
+    /// Change-log order (origin, then seq): O(difference) reads.
+    Log,
+    /// Key order: one sequential pass over the sender's data.
+    Key {
+        /// A resumed key-order stream also skips what the receiver's
+        /// [`ResumePoint::Key`] says it holds.
+        skip: Option<KeySkip>,
+    },
+}
+
 /// Why a connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -113,7 +127,7 @@ pub enum Message {
         /// The receiver's version vector.
         vv: VersionVector,
         /// Resume point of an interrupted catch-up, if any.
-        resume: Option<VersionVector>,
+        resume: Option<ResumePoint>,
     },
     /// Start of a catch-up read from one snapshot of the sender.
     CatchUpStart {
@@ -122,15 +136,17 @@ pub enum Message {
         since: VersionVector,
         /// The sender's version vector at that snapshot.
         snapshot: VersionVector,
+        /// The order of the stream (and what it skips).
+        order: CatchUpOrder,
     },
-    /// A batch of catch-up records, in change-log order.
+    /// A batch of catch-up records, in the order [`CatchUpStart`](Message::CatchUpStart) named.
     CatchUp {
         /// Batch number, for acknowledgements.
         id: u64,
         /// The records.
         items: Vec<Item>,
-        /// Log position of the last record (the resume point).
-        position: Option<Dot>,
+        /// Stream position of the last record (the resume point).
+        position: Option<Position>,
     },
     /// The catch-up is complete: the receiver now covers `vv`.
     CaughtUp {

@@ -1,16 +1,16 @@
 //! The receiving half of a link: applies catch-up and live batches and
 //! raises the version vector only where coverage allows (SPEC invariant 3).
 
-use super::message::{Item, Message};
-use crate::storage::{ApplyContext, Db};
+use super::message::{CatchUpOrder, Item, Message};
+use crate::storage::{ApplyContext, Db, Position, ResumePoint};
 use crate::version::{Dot, NodeId, VersionVector};
 
 enum Phase {
     /// Digest sent; waiting for the catch-up to start.
     Waiting,
     /// Applying a catch-up that started from `since` at a sender snapshot
-    /// with version vector `snapshot`.
-    CatchingUp { since: VersionVector, snapshot: VersionVector },
+    /// with version vector `snapshot`, in `order`.
+    CatchingUp { since: VersionVector, snapshot: VersionVector, order: CatchUpOrder },
     /// Applying live batches.
     Live,
 }
@@ -39,7 +39,7 @@ impl RecvHalf {
     /// the sender's snapshot names)`; `None` when no catch-up is running.
     pub fn catch_up_progress(&self) -> Option<(u64, u64)> {
         match &self.phase {
-            Phase::CatchingUp { since, snapshot } => {
+            Phase::CatchingUp { since, snapshot, .. } => {
                 let total = snapshot.iter().map(|(o, s)| s.saturating_sub(since.get(o))).sum();
                 Some((self.received_items, total))
             }
@@ -55,12 +55,25 @@ impl RecvHalf {
     pub fn on_message(&mut self, db: &Db, msg: Message) -> Result<Reply, String> {
         let none = Reply { ack: None, caught_up: false };
         match (msg, &self.phase) {
-            (Message::CatchUpStart { since, snapshot }, _) => {
-                self.phase = Phase::CatchingUp { since, snapshot };
+            (Message::CatchUpStart { since, snapshot, order }, _) => {
+                self.phase = Phase::CatchingUp { since, snapshot, order };
                 Ok(none)
             }
-            (Message::CatchUp { id, items, position }, Phase::CatchingUp { since, snapshot }) => {
-                let resume = position.map(|p| resume_point(since, snapshot, p));
+            (Message::CatchUp { id, items, position }, Phase::CatchingUp { since, snapshot, order }) => {
+                let resume = match (position, order) {
+                    (None, _) => None,
+                    (Some(Position::Log(p)), CatchUpOrder::Log) => {
+                        Some(ResumePoint::Log(resume_point(since, snapshot, p)))
+                    }
+                    (Some(Position::Key(key)), CatchUpOrder::Key { skip }) => {
+                        // While a resumed stream is still within the keys the
+                        // stored point already covers, that point says more:
+                        // keep it (docs/ALGORITHM.md §5).
+                        let behind = skip.as_ref().is_some_and(|s| key < s.key);
+                        (!behind).then(|| ResumePoint::Key { since: since.clone(), key, snapshot: snapshot.clone() })
+                    }
+                    (Some(_), _) => return Err("catch-up position does not match the stream's order".into()),
+                };
                 let ctx = ApplyContext {
                     from: Some(self.peer),
                     resume: resume.as_ref().map(|r| (self.peer, Some(r))),
@@ -94,7 +107,7 @@ impl RecvHalf {
     }
 }
 
-/// Where to resume a catch-up interrupted after applying everything up to
+/// Where to resume a log-order catch-up interrupted after applying everything up to
 /// log position `p`: origins before `p.origin` are done up to the snapshot,
 /// `p.origin` up to `p.seq` (capped by the snapshot), later origins not started. The sender streams
 /// `changes_since(resume ⊔ receiver's vv)`, which then skips exactly what

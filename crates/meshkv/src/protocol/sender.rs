@@ -1,8 +1,8 @@
 //! The sending half of a link: a catch-up from one snapshot, then a gapless
 //! live stream of commits, under a window of unacknowledged batches.
 
-use super::message::{Item, Message};
-use crate::storage::{ChangesSince, Commit, Db};
+use super::message::{CatchUpOrder, Item, Message};
+use crate::storage::{ChangesSince, Commit, Db, KeySkip, ResumePoint};
 use crate::version::{NodeId, VersionVector};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,22 +75,31 @@ impl SendHalf {
     }
 
     /// The peer asked for what it lacks.
-    pub fn on_digest(&mut self, db: &Db, vv: VersionVector, resume: Option<VersionVector>) -> crate::Result<Message> {
+    pub fn on_digest(&mut self, db: &Db, vv: VersionVector, resume: Option<ResumePoint>) -> crate::Result<Message> {
         let mut since = vv;
-        if let Some(r) = resume {
-            since.join(&r);
+        let mut skip = None;
+        match resume {
+            Some(ResumePoint::Log(r)) => since.join(&r),
+            Some(ResumePoint::Key { since: s, key, snapshot }) => {
+                since.join(&s);
+                skip = Some(KeySkip { key, covered: snapshot });
+            }
+            None => {}
         }
-        self.start_catch_up(db, since)
+        self.start_catch_up(db, since, skip)
     }
 
-    fn start_catch_up(&mut self, db: &Db, since: VersionVector) -> crate::Result<Message> {
-        let changes = db.snapshot().changes_since(&since)?;
+    /// Starts a catch-up from a new snapshot, in the order
+    /// [`Snapshot::catch_up`](crate::storage::Snapshot::catch_up) picks.
+    fn start_catch_up(&mut self, db: &Db, since: VersionVector, skip: Option<KeySkip>) -> crate::Result<Message> {
+        let changes = db.snapshot().catch_up(&since, skip.clone())?;
+        let order = if changes.is_key_order() { CatchUpOrder::Key { skip } } else { CatchUpOrder::Log };
         self.snapshot_commit = changes.commit_id();
         let snapshot = changes.version_vector().clone();
         self.queue.retain(|c| c.id > self.snapshot_commit);
         self.lagged = false;
         self.phase = Phase::CatchingUp(Box::new(changes));
-        Ok(Message::CatchUpStart { since, snapshot })
+        Ok(Message::CatchUpStart { since, snapshot, order })
     }
 
     pub fn on_commit(&mut self, commit: Arc<Commit>) {
@@ -143,13 +152,13 @@ impl SendHalf {
                 }
                 ensure_durable(db, &items)?;
                 self.sent_items += items.len() as u64;
-                let position = changes.log_position();
+                let position = changes.stream_position();
                 Ok(Some(Message::CatchUp { id: self.take_id(), items, position }))
             }
             Phase::Live => {
                 if self.lagged {
                     let since = self.peer_vv.clone();
-                    return self.start_catch_up(db, since).map(Some);
+                    return self.start_catch_up(db, since, None).map(Some);
                 }
                 let batch = self.live_batch();
                 if let Some(Message::Live { items, .. }) = &batch {

@@ -5,8 +5,10 @@ use super::db::{Db, Inner, WriterState};
 use super::error::{Error, Result};
 use super::feed::{Change, Conflict, Source};
 use super::keys;
+use super::log::ResumePoint;
 use super::merge::merge;
 use super::options::KEY_LEN_CEILING;
+use super::read::decode;
 use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
 use std::collections::HashMap;
@@ -31,7 +33,7 @@ pub struct ApplyContext<'a> {
     /// The peer the records came from; published as [`Commit::from`](super::Commit::from).
     pub from: Option<NodeId>,
     /// Store (`Some`) or clear (`None`) the catch-up resume point for a peer.
-    pub resume: Option<(NodeId, Option<&'a VersionVector>)>,
+    pub resume: Option<(NodeId, Option<&'a ResumePoint>)>,
 }
 
 impl Db {
@@ -55,20 +57,31 @@ impl Db {
     where
         I: IntoIterator<Item = (Vec<u8>, Record)>,
     {
+        let records: Vec<(Vec<u8>, Record)> = records.into_iter().collect();
+        if let Some((key, _)) = records.iter().find(|(k, _)| k.len() > KEY_LEN_CEILING) {
+            return Err(Error::KeyTooLarge { len: key.len(), max: KEY_LEN_CEILING });
+        }
+        // Strictly ascending keys (a key-order catch-up) hold no key twice,
+        // and their current records can be found with one range scan.
+        let ascending = records.windows(2).all(|w| w[0].0 < w[1].0);
         let covered = ctx.covered;
         let inner = &*self.inner;
         let mut w = inner.lock_writer();
         let now = inner.now_ms();
         let mut report = ApplyReport::default();
-        // Key -> (record before this call, record now). Lets one call carry
-        // several records for the same key.
-        let mut touched: HashMap<Vec<u8>, (Option<Record>, Record, Option<Conflict>)> = HashMap::new();
-        let mut order = Vec::new();
+        // Read under the writer lock: no commit can come in between.
+        let mut olds = if ascending {
+            self.read_ascending(&records)?
+        } else {
+            let data_keys: Vec<Vec<u8>> = records.iter().map(|(k, _)| keys::data_key(k)).collect();
+            self.read_records(&data_keys)?
+        };
+        // What changed, in arrival order; with possible repeats, an index by
+        // key lets one call carry several records for the same key.
+        let mut touched: Vec<Touched> = Vec::with_capacity(records.len());
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut max_own_seq = 0;
-        for (key, remote) in records {
-            if key.len() > KEY_LEN_CEILING {
-                return Err(Error::KeyTooLarge { len: key.len(), max: KEY_LEN_CEILING });
-            }
+        for (i, (key, remote)) in records.into_iter().enumerate() {
             for v in remote.versions() {
                 if v.dot.origin == inner.node_id {
                     max_own_seq = max_own_seq.max(v.dot.seq);
@@ -77,11 +90,12 @@ impl Db {
             if !w.clock.observe(remote.max_hlc(), now) {
                 tracing::warn!(key = ?String::from_utf8_lossy(&key), "remote clock far ahead; not adopting it");
             }
-            let current = match touched.get(&key) {
-                Some((_, cur, _)) => Some(cur.clone()),
-                None => self.get_record(&key)?,
+            let seen = if ascending { None } else { index.get(&key).copied() };
+            let current = match seen {
+                Some(j) => Some(touched[j].new.clone()),
+                None => olds[i].take(),
             };
-            let merged = merge(&key, current.as_ref(), &remote, &inner.opts.policy);
+            let merged = merge(&key, current.as_ref(), remote, &inner.opts.policy);
             let conflict = merged
                 .conflict
                 .filter(|c| c.incoming.iter().any(|d| !w.vv.contains(*d)))
@@ -106,14 +120,17 @@ impl Db {
                     continue;
                 }
             };
-            match touched.get_mut(&key) {
-                Some(entry) => {
-                    entry.1 = new;
-                    entry.2 = conflict.or(entry.2.take());
+            match seen {
+                Some(j) => {
+                    let entry = &mut touched[j];
+                    entry.new = new;
+                    entry.conflict = conflict.or(entry.conflict.take());
                 }
                 None => {
-                    order.push(key.clone());
-                    touched.insert(key, (current, new, conflict));
+                    if !ascending {
+                        index.insert(key.clone(), touched.len());
+                    }
+                    touched.push(Touched { key, old: current, new, conflict });
                 }
             }
         }
@@ -131,43 +148,98 @@ impl Db {
             w.next_seq = max_own_seq + 1;
             inner.reserve_seqs(&mut w, 1)?;
         }
-        let changes = self.commit_merged(&mut w, order, touched, &raise, ctx.resume)?;
+        let changes = self.commit_merged(&mut w, touched, &raise, ctx.resume)?;
         inner.publish(&mut w, Source::Remote, ctx.from, changes);
         Ok(report)
+    }
+
+    /// The current records of strictly ascending user keys, found with one
+    /// range scan over `[first, last]` instead of a point read per key. The
+    /// scan gives up, and the remaining keys are read one by one, once it
+    /// has stepped over more stored keys than a point read per key would
+    /// cost (a batch sparse within a large store).
+    fn read_ascending(&self, records: &[(Vec<u8>, Record)]) -> Result<Vec<Option<Record>>> {
+        let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else { return Ok(Vec::new()) };
+        let mut budget = 2 * records.len() + 64;
+        let mut scan = self.inner.data.range(keys::data_key(first)..=keys::data_key(last));
+        let mut out = Vec::with_capacity(records.len());
+        let mut stored: Option<(fjall::Slice, fjall::Slice)> = None;
+        for (i, (key, _)) in records.iter().enumerate() {
+            let found = loop {
+                if stored.is_none() {
+                    match scan.next() {
+                        Some(guard) => stored = Some(guard.into_inner()?),
+                        None => break None,
+                    }
+                }
+                let Some((dkey, raw)) = &stored else { break None };
+                match keys::user_key(dkey).cmp(key.as_slice()) {
+                    std::cmp::Ordering::Less if budget > 0 => {
+                        budget -= 1;
+                        stored = None;
+                    }
+                    std::cmp::Ordering::Less => {
+                        let rest: Vec<Vec<u8>> = records[i..].iter().map(|(k, _)| keys::data_key(k)).collect();
+                        out.extend(self.read_records(&rest)?);
+                        return Ok(out);
+                    }
+                    std::cmp::Ordering::Equal => break Some(decode(key, raw)?),
+                    std::cmp::Ordering::Greater => break None,
+                }
+            };
+            if found.is_some() {
+                stored = None;
+            }
+            out.push(found);
+        }
+        Ok(out)
     }
 
     fn commit_merged(
         &self,
         w: &mut WriterState,
-        order: Vec<Vec<u8>>,
-        mut touched: HashMap<Vec<u8>, (Option<Record>, Record, Option<Conflict>)>,
+        touched: Vec<Touched>,
         raise: &[(NodeId, u64)],
-        resume: Option<(NodeId, Option<&VersionVector>)>,
+        resume: Option<(NodeId, Option<&ResumePoint>)>,
     ) -> Result<Vec<Change>> {
         let inner: &Inner = &self.inner;
-        let mut batch = inner.batch(order.len() * 3 + raise.len());
-        let mut changes = Vec::with_capacity(order.len());
-        for key in order {
-            let Some((old, new, conflict)) = touched.remove(&key) else { continue };
+        let mut batch = inner.batch(touched.len() * 3 + raise.len());
+        let mut changes = Vec::with_capacity(touched.len());
+        // Log entries are inserted in log-key order: a batch's dots are
+        // scattered over the log (a key-order catch-up) and the engine's
+        // memtable is a skip list, whose inserts in ascending order revisit
+        // the same (cached) nodes instead of missing the cache at every level.
+        // Each op: the log key and, for an insert, the index of its key's change.
+        let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<usize>)> = Vec::with_capacity(touched.len());
+        let mut data_key = Vec::new();
+        for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
                 changes.push(Change { key, record: new, conflict });
                 continue;
             }
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
-                batch.remove(&inner.log, keys::log_key(*d).to_vec());
+                log_ops.push((keys::log_key(*d), None));
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
-                batch.insert(&inner.log, keys::log_key(d).to_vec(), key.clone());
+                log_ops.push((keys::log_key(d), Some(changes.len())));
             }
-            batch.insert(&inner.data, keys::data_key(&key), new.encode());
+            keys::data_key_into(&key, &mut data_key);
+            batch.insert(&inner.data, &data_key[..], new.encode());
             changes.push(Change { key, record: new, conflict });
+        }
+        log_ops.sort_unstable_by_key(|op| op.0);
+        for (log_key, op) in log_ops {
+            match op {
+                Some(i) => batch.insert(&inner.log, &log_key[..], &changes[i].key[..]),
+                None => batch.remove(&inner.log, &log_key[..]),
+            }
         }
         for &(origin, seq) in raise {
             batch.insert(&inner.meta, keys::vv_key(origin), keys::u64_value(seq).to_vec());
         }
         match resume {
-            Some((peer, Some(vv))) => batch.insert(&inner.meta, keys::resume_key(peer), encode_vv(vv)),
+            Some((peer, Some(point))) => batch.insert(&inner.meta, keys::resume_key(peer), encode_resume(point)),
             Some((peer, None)) => batch.remove(&inner.meta, keys::resume_key(peer)),
             None => {}
         }
@@ -180,13 +252,19 @@ impl Db {
     }
 
     /// The stored point from which an interrupted catch-up from `peer`
-    /// resumes (see [`ApplyContext::resume`]).
-    pub fn resume_point(&self, peer: NodeId) -> Result<Option<VersionVector>> {
+    /// resumes (see [`ApplyContext::resume`]). A resume point is only a hint
+    /// (dropping one costs re-sending, never correctness), so one that does
+    /// not decode — for example written by an older build — is logged and
+    /// ignored.
+    pub fn resume_point(&self, peer: NodeId) -> Result<Option<ResumePoint>> {
         let Some(raw) = self.inner.meta.get(keys::resume_key(peer))? else { return Ok(None) };
-        postcard::from_bytes(&raw).map(Some).map_err(|_| Error::Corrupt {
-            path: self.inner.path.clone(),
-            detail: format!("resume point for {peer} is malformed"),
-        })
+        match postcard::from_bytes(&raw) {
+            Ok(point) => Ok(Some(point)),
+            Err(_) => {
+                tracing::warn!(%peer, path = %self.inner.path.display(), "ignoring a malformed catch-up resume point");
+                Ok(None)
+            }
+        }
     }
 
     /// Total conflicts detected since this store was opened.
@@ -195,8 +273,18 @@ impl Db {
     }
 }
 
-fn encode_vv(vv: &VersionVector) -> Vec<u8> {
-    postcard::to_stdvec(vv).unwrap_or_else(|_| unreachable!("in-memory encode"))
+fn encode_resume(point: &ResumePoint) -> Vec<u8> {
+    postcard::to_stdvec(point).unwrap_or_else(|_| unreachable!("in-memory encode"))
+}
+
+/// One key changed (or re-published) by an apply.
+struct Touched {
+    key: Vec<u8>,
+    /// The record before this call.
+    old: Option<Record>,
+    /// The record now.
+    new: Record,
+    conflict: Option<Conflict>,
 }
 
 /// Entries of `new` that are above `current`.

@@ -70,8 +70,11 @@ impl Db {
         prepare_dir(&path)?;
         let engine = open_engine(&path, &opts)?;
         let corrupt = |e: fjall::Error| Error::Corrupt { path: path.clone(), detail: format!("{e:?}") };
-        let data = engine.keyspace("data", KeyspaceCreateOptions::default).map_err(corrupt)?;
-        let log = engine.keyspace("log", KeyspaceCreateOptions::default).map_err(corrupt)?;
+        // The engine stores these sizes with a keyspace when it creates it
+        // and uses the stored ones from then on.
+        let memtable = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
+        let data = engine.keyspace("data", memtable(opts.memtable_bytes)).map_err(corrupt)?;
+        let log = engine.keyspace("log", memtable(opts.memtable_bytes / 2)).map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
         let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id)?;

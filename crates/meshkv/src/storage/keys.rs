@@ -19,9 +19,15 @@ const DATA_PREFIX: u8 = b'k';
 /// The data-keyspace key of a user key.
 pub(crate) fn data_key(user: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.len() + 1);
-    k.push(DATA_PREFIX);
-    k.extend_from_slice(user);
+    data_key_into(user, &mut k);
     k
+}
+
+/// Writes the data-keyspace key of a user key into `out` (a reused buffer).
+pub(crate) fn data_key_into(user: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(DATA_PREFIX);
+    out.extend_from_slice(user);
 }
 
 /// The user key inside a data-keyspace key.

@@ -1,18 +1,77 @@
-//! Reading the compacted change log: what a peer is missing, and single
-//! entries by dot.
+//! Reading what a peer is missing, from one snapshot, in one of two orders,
+//! and single change-log entries by dot.
 //!
-//! The log holds one entry per current version, keyed by dot, so "what has
-//! this node got that a peer with version vector `vv` lacks" is, for each
-//! origin `o`, the log range `(o, vv[o]+1)..=(o, MAX)`: one seek per origin
-//! plus one entry per missing record.
+//! * **Log order** (origin, then seq): the log holds one entry per current
+//!   version, keyed by dot, so "what has this node got that a peer with
+//!   version vector `vv` lacks" is, for each origin `o`, the log range
+//!   `(o, vv[o]+1)..=(o, MAX)`: one seek per origin plus one entry — and one
+//!   point read of its record — per missing record. Cost O(difference).
+//! * **Key order**: one sequential pass over the data keyspace, returning the
+//!   records that hold a version the peer lacks. Cost O(records held), but
+//!   sequential: far cheaper per record than log order's random point reads
+//!   when the peer lacks much of the store (a bootstrap).
+//!
+//! See docs/ALGORITHM.md §5 for how replication picks the order and resumes
+//! an interrupted stream in either.
 
 use super::db::Db;
 use super::error::{Error, Result};
 use super::keys;
-use super::read::Snapshot;
+use super::read::{decode, Snapshot};
 use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
 use fjall::Readable;
+use serde::{Deserialize, Serialize};
+
+/// How far a catch-up stream got: everything before this point in the
+/// stream's order has been returned (or was skipped as already held).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Position {
+    /// Log order: the dot of the last record returned.
+    Log(Dot),
+    /// Key order: the user key of the last record returned.
+    Key(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// Where a receiver's interrupted catch-up from one sender resumes. It names
+/// writes the receiver already holds or dominates, so that the sender can
+/// skip them; it is a hint to the sender and never grants coverage
+/// (docs/ALGORITHM.md §5, "Resumable catch-up").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResumePoint {
+    /// After a log-order stream: every write this vector covers is held or
+    /// dominated here.
+    Log(VersionVector),
+    /// After a key-order stream: every write `since` covers is held or
+    /// dominated here, and so is every version of a key at or before `key`
+    /// that `snapshot` covers.
+    Key {
+        /// The stream's starting vector.
+        since: VersionVector,
+        /// The last key applied.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The sender's version vector at the stream's snapshot.
+        snapshot: VersionVector,
+    },
+}
+
+/// Versions a key-order stream may skip for keys at or before `key`: those
+/// `covered` covers (see [`ResumePoint::Key`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySkip {
+    /// Last key the skip applies to (inclusive).
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The versions skipped there.
+    pub covered: VersionVector,
+}
+
+/// A key-order stream reads every record once, sequentially; a log-order
+/// one does a random point read per record it returns, several times the
+/// cost of a sequential read (BENCHMARKS.md, `bench replicate`). Key order
+/// is used once the peer lacks at least a quarter of the store.
+const KEY_ORDER_SHARE: u64 = 4;
 
 impl Db {
     /// Everything this node holds that a peer with version vector `since`
@@ -30,12 +89,39 @@ impl Db {
 
 impl Snapshot {
     /// An iterator over `(key, record)` for every current record holding a
-    /// version not covered by `since`, in bounded memory. After applying all
-    /// of it, a peer may raise its version vector to
-    /// [`ChangesSince::version_vector`].
+    /// version not covered by `since`, in change-log order, in bounded
+    /// memory. After applying all of it, a peer may raise its version vector
+    /// to [`ChangesSince::version_vector`].
     pub fn changes_since(self, since: &VersionVector) -> Result<ChangesSince> {
-        let vv = self.version_vector()?;
-        Ok(ChangesSince { snap: self, since: since.clone(), vv, iter: None, next_origin: Some(0), position: None })
+        let walk = Walk::Log { iter: None, next_origin: Some(0) };
+        ChangesSince::new(self, since, walk)
+    }
+
+    /// The same records as [`changes_since`](Self::changes_since), in key
+    /// order, read with one sequential pass over the data. With `skip`, a
+    /// record at or before `skip.key` is also left out when every version
+    /// not covered by `since` is covered by `skip.covered`.
+    pub fn changes_in_key_order(self, since: &VersionVector, skip: Option<KeySkip>) -> Result<ChangesSince> {
+        let iter = self.snap.iter(&self.db.data);
+        ChangesSince::new(self, since, Walk::Key { iter, skip })
+    }
+
+    /// What a peer with version vector `since` lacks, in the cheaper order
+    /// (docs/ALGORITHM.md §5, "Two orders"): key order when `skip` is given
+    /// (the peer resumes a key-order stream) or when the writes the peer
+    /// lacks are at least a `1 / KEY_ORDER_SHARE` share of the records held,
+    /// log order otherwise.
+    pub fn catch_up(self, since: &VersionVector, skip: Option<KeySkip>) -> Result<ChangesSince> {
+        // The writes the peer lacks, counted from the vectors: superseded
+        // writes count too, so this bounds the records to send from above.
+        let missing: u64 = self.version_vector()?.iter().map(|(o, s)| s.saturating_sub(since.get(o))).sum();
+        // Counts overwritten entries not yet compacted away too.
+        let records = self.db.data.approximate_len() as u64;
+        if skip.is_some() || (missing > 0 && missing.saturating_mul(KEY_ORDER_SHARE) >= records) {
+            self.changes_in_key_order(since, skip)
+        } else {
+            self.changes_since(since)
+        }
     }
 
     /// The current record written by `dot` in this snapshot.
@@ -49,29 +135,55 @@ impl Snapshot {
     }
 }
 
-/// See [`Snapshot::changes_since`].
+enum Walk {
+    /// Per origin, the log range above `since`.
+    Log {
+        iter: Option<fjall::Iter>,
+        /// Smallest origin not yet scanned; `None` once all are.
+        next_origin: Option<u64>,
+    },
+    /// The whole data keyspace.
+    Key { iter: fjall::Iter, skip: Option<KeySkip> },
+}
+
+/// See [`Snapshot::changes_since`] and [`Snapshot::changes_in_key_order`].
 pub struct ChangesSince {
     snap: Snapshot,
     since: VersionVector,
     vv: VersionVector,
-    iter: Option<fjall::Iter>,
-    /// Smallest origin not yet scanned; `None` once all are.
-    next_origin: Option<u64>,
-    /// Log position (dot) of the last item returned.
-    position: Option<Dot>,
+    walk: Walk,
+    /// Log order: dot of the last item returned.
+    last_dot: Option<Dot>,
+    /// Key order: user key of the last item returned (`None`: none yet),
+    /// a buffer reused for every item.
+    last_key: Option<Vec<u8>>,
 }
 
 impl ChangesSince {
+    fn new(snap: Snapshot, since: &VersionVector, walk: Walk) -> Result<Self> {
+        let vv = snap.version_vector()?;
+        Ok(ChangesSince { snap, since: since.clone(), vv, walk, last_dot: None, last_key: None })
+    }
+
     /// The sender's version vector at the snapshot: what the receiver covers
     /// once it has applied every item.
     pub fn version_vector(&self) -> &VersionVector {
         &self.vv
     }
 
-    /// The change-log position of the last item returned: everything in the
-    /// snapshot's log before it (in origin, then seq order) has been returned.
-    pub fn log_position(&self) -> Option<Dot> {
-        self.position
+    /// Where the stream stands after the last item returned (`None` before
+    /// the first): everything before it in the stream's order has been
+    /// returned or skipped.
+    pub fn stream_position(&self) -> Option<Position> {
+        match self.walk {
+            Walk::Log { .. } => self.last_dot.map(Position::Log),
+            Walk::Key { .. } => self.last_key.clone().map(Position::Key),
+        }
+    }
+
+    /// Whether the records come in key order.
+    pub fn is_key_order(&self) -> bool {
+        matches!(self.walk, Walk::Key { .. })
     }
 
     /// The version vector from which the iteration started.
@@ -84,39 +196,41 @@ impl ChangesSince {
         self.snap.commit_id()
     }
 
-    /// Opens the log range of the next origin present in the log.
-    fn advance_origin(&mut self) -> Result<bool> {
-        let Some(from) = self.next_origin else { return Ok(false) };
-        let start = keys::log_key(Dot::new(NodeId(from), 0));
-        let db = &self.snap.db;
-        let Some(first) = self.snap.snap.range(&db.log, start..).next() else {
-            self.next_origin = None;
-            return Ok(false);
-        };
-        let key = first.key()?;
-        let dot = keys::parse_log_key(&key).ok_or_else(|| self.corrupt("malformed change-log key"))?;
-        let origin = dot.origin;
-        self.next_origin = origin.0.checked_add(1);
-        let lo = keys::log_key(Dot::new(origin, self.since.get(origin).saturating_add(1)));
-        let hi = keys::log_key(Dot::new(origin, u64::MAX));
-        self.iter = Some(self.snap.snap.range(&db.log, lo..=hi));
-        Ok(true)
-    }
-
     fn corrupt(&self, detail: &str) -> Error {
         Error::Corrupt { path: self.snap.db.path.clone(), detail: detail.into() }
     }
 
-    fn next_item(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
+    /// Opens the log range of the next origin present in the log.
+    fn advance_origin(&mut self) -> Result<bool> {
+        let Walk::Log { iter, next_origin } = &mut self.walk else { return Ok(false) };
+        let Some(from) = *next_origin else { return Ok(false) };
+        let start = keys::log_key(Dot::new(NodeId(from), 0));
+        let db = &self.snap.db;
+        let Some(first) = self.snap.snap.range(&db.log, start..).next() else {
+            *next_origin = None;
+            return Ok(false);
+        };
+        let key = first.key()?;
+        let Some(dot) = keys::parse_log_key(&key) else { return Err(self.corrupt("malformed change-log key")) };
+        let origin = dot.origin;
+        *next_origin = origin.0.checked_add(1);
+        let lo = keys::log_key(Dot::new(origin, self.since.get(origin).saturating_add(1)));
+        let hi = keys::log_key(Dot::new(origin, u64::MAX));
+        *iter = Some(self.snap.snap.range(&db.log, lo..=hi));
+        Ok(true)
+    }
+
+    fn next_in_log_order(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
         loop {
-            let Some(iter) = self.iter.as_mut() else {
+            let Walk::Log { iter, .. } = &mut self.walk else { return Ok(None) };
+            let Some(it) = iter.as_mut() else {
                 if !self.advance_origin()? {
                     return Ok(None);
                 }
                 continue;
             };
-            let Some(guard) = iter.next() else {
-                self.iter = None;
+            let Some(guard) = it.next() else {
+                *iter = None;
                 continue;
             };
             let (lk, key) = guard.into_inner()?;
@@ -131,10 +245,28 @@ impl ChangesSince {
             // first of them in log order.
             let first_uncovered = record.dots().filter(|d| !self.since.contains(*d)).min();
             if first_uncovered == Some(dot) {
-                self.position = Some(dot);
+                self.last_dot = Some(dot);
                 return Ok(Some((key.to_vec(), record)));
             }
         }
+    }
+
+    fn next_in_key_order(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
+        let Walk::Key { iter, skip } = &mut self.walk else { return Ok(None) };
+        for guard in iter.by_ref() {
+            let (dkey, raw) = guard.into_inner()?;
+            let key = keys::user_key(&dkey);
+            let record = decode(key, &raw)?;
+            let skipped = skip.as_ref().filter(|s| key <= s.key.as_slice()).map(|s| &s.covered);
+            let wanted = record.dots().any(|d| !self.since.contains(d) && !skipped.is_some_and(|c| c.contains(d)));
+            if wanted {
+                let last = self.last_key.get_or_insert_with(Vec::new);
+                last.clear();
+                last.extend_from_slice(key);
+                return Ok(Some((key.to_vec(), record)));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -142,6 +274,10 @@ impl Iterator for ChangesSince {
     type Item = Result<(Vec<u8>, Record)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_item().transpose()
+        match self.walk {
+            Walk::Log { .. } => self.next_in_log_order(),
+            Walk::Key { .. } => self.next_in_key_order(),
+        }
+        .transpose()
     }
 }

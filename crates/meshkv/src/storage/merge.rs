@@ -36,14 +36,14 @@ pub(crate) struct ConflictDots {
 }
 
 /// Joins `remote` into `local` under `policy`.
-pub(crate) fn merge(key: &[u8], local: Option<&Record>, remote: &Record, policy: &ConflictPolicy) -> Merged {
+pub(crate) fn merge(key: &[u8], local: Option<&Record>, remote: Record, policy: &ConflictPolicy) -> Merged {
     let Some(local) = local else {
-        return Merged { record: Some(normalize(key, remote.versions().to_vec(), policy)), conflict: None };
+        return Merged { record: Some(normalize(key, remote.into_versions(), policy)), conflict: None };
     };
     let mut all: Vec<Version> = local.versions().to_vec();
-    for v in remote.versions() {
+    for v in remote.into_versions() {
         if !local.has_dot(v.dot) {
-            all.push(v.clone());
+            all.push(v);
         }
     }
     if all.len() == local.versions().len() {
@@ -92,11 +92,11 @@ mod tests {
     fn causally_newer_wins_without_conflict() {
         let old = Record::single(ver(1, 1, 50, &[], "old"));
         let new = Record::single(ver(2, 1, 10, &[(1, 1)], "new"));
-        let m = merge(b"k", Some(&old), &new, &ConflictPolicy::LastWriterWins);
+        let m = merge(b"k", Some(&old), new, &ConflictPolicy::LastWriterWins);
         assert_eq!(m.record.expect("changed").value(), Some(&b"new"[..]));
         assert!(m.conflict.is_none());
         let back =
-            merge(b"k", Some(&Record::single(ver(2, 1, 10, &[(1, 1)], "new"))), &old, &ConflictPolicy::LastWriterWins);
+            merge(b"k", Some(&Record::single(ver(2, 1, 10, &[(1, 1)], "new"))), old, &ConflictPolicy::LastWriterWins);
         assert!(back.record.is_none() && back.conflict.is_none(), "older never replaces newer");
     }
 
@@ -104,13 +104,13 @@ mod tests {
     fn concurrent_lww_picks_higher_hlc_and_reports() {
         let a = Record::single(ver(1, 1, 20, &[], "a"));
         let b = Record::single(ver(2, 1, 30, &[], "b"));
-        let m = merge(b"k", Some(&a), &b, &ConflictPolicy::LastWriterWins);
+        let m = merge(b"k", Some(&a), b.clone(), &ConflictPolicy::LastWriterWins);
         let rec = m.record.expect("changed");
         assert_eq!(rec.value(), Some(&b"b"[..]));
         let c = m.conflict.expect("conflict");
         assert_eq!(c.winner, Dot::new(NodeId(2), 1));
         assert_eq!(c.losers, vec![Dot::new(NodeId(1), 1)]);
-        let m2 = merge(b"k", Some(&b), &a, &ConflictPolicy::LastWriterWins);
+        let m2 = merge(b"k", Some(&b), a, &ConflictPolicy::LastWriterWins);
         assert!(m2.record.is_none(), "same outcome from the other side");
         assert!(m2.conflict.is_some());
     }
@@ -129,7 +129,7 @@ mod tests {
             );
         let a = Record::single(ver(1, 1, 20, &[], "keep"));
         let b = Record::single(ver(2, 1, 30, &[], "other"));
-        let rec = merge(b"k", Some(&a), &b, &policy).record.expect("changed");
+        let rec = merge(b"k", Some(&a), b, &policy).record.expect("changed");
         assert_eq!(rec.versions().len(), 2);
         assert_eq!(rec.value(), Some(&b"keep"[..]));
     }

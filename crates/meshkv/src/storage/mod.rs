@@ -20,7 +20,7 @@ pub use apply::{ApplyContext, ApplyReport};
 pub use db::Db;
 pub use error::{Error, Result};
 pub use feed::{Change, Commit, Conflict, FeedError, Source, Subscription};
-pub use log::ChangesSince;
+pub use log::{ChangesSince, KeySkip, Position, ResumePoint};
 pub use options::{Durability, Options, KEY_LEN_CEILING, VALUE_LEN_CEILING};
 pub use policy::{Choice, ConflictPolicy, ResolverFn};
 pub use range::KeyRange;

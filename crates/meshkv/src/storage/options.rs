@@ -34,11 +34,22 @@ pub struct Options {
     /// Largest accepted value, bytes (default 16 MiB, at most [`VALUE_LEN_CEILING`]).
     pub max_value_len: usize,
     /// Commits buffered per change-feed subscriber before it is told it
-    /// lagged (default 256). Commits hold their records, so this bounds the
-    /// feed's memory: a replication batch is up to a few thousand records.
+    /// lagged (default 64). Commits hold their records, so this bounds the
+    /// feed's memory: a replication batch is up to a few thousand records,
+    /// and 256 commits of catch-up batches held about 130 MB on a receiver
+    /// whose subscribers fell behind (BENCHMARKS.md, `bench replicate`).
     pub feed_capacity: usize,
     /// Block cache size in bytes (default 64 MiB).
     pub cache_bytes: u64,
+    /// Memtable size of the data keyspace in bytes (default 32 MiB; the
+    /// change log's is half of it, the engine's default is 64 MiB). The
+    /// engine keeps up to 4 full memtables per keyspace waiting for their
+    /// flush besides the active one, so this bounds the memory a bulk load
+    /// or a bootstrap holds in memtables (BENCHMARKS.md, `bench replicate`).
+    /// Much smaller memtables cost local write throughput (16 MiB did).
+    /// Applies to a store created with these options; an existing store
+    /// keeps the sizes it was created with.
+    pub memtable_bytes: u64,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
     /// Node id for a store created by this open (ignored for an existing
@@ -55,8 +66,9 @@ impl Default for Options {
             policy: ConflictPolicy::default(),
             max_key_len: 16 * 1024,
             max_value_len: 16 * 1024 * 1024,
-            feed_capacity: 256,
+            feed_capacity: 64,
             cache_bytes: 64 * 1024 * 1024,
+            memtable_bytes: 32 * 1024 * 1024,
             clock: Arc::new(SystemClock),
             new_node_id: None,
         }
@@ -87,6 +99,7 @@ impl Options {
         self.max_key_len = self.max_key_len.clamp(1, KEY_LEN_CEILING);
         self.max_value_len = self.max_value_len.min(VALUE_LEN_CEILING);
         self.feed_capacity = self.feed_capacity.max(1);
+        self.memtable_bytes = self.memtable_bytes.max(1024 * 1024);
         self
     }
 }

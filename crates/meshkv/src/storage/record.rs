@@ -80,6 +80,11 @@ impl Record {
         &self.versions
     }
 
+    /// Moves the versions out.
+    pub(crate) fn into_versions(self) -> Vec<Version> {
+        self.versions
+    }
+
     /// The value reads return (`None` if the winner is a tombstone).
     pub fn value(&self) -> Option<&[u8]> {
         self.winner().value.as_deref()

@@ -123,7 +123,7 @@ impl Db {
     /// Reads the current records of (data-keyspace) `keys`. Large batches
     /// spread the point reads over the available cores: they dominate the
     /// cost of a write (see BENCHMARKS.md).
-    fn read_records(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Record>>> {
+    pub(super) fn read_records(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Record>>> {
         const PARALLEL_MIN: usize = 256;
         let read = |k: &Vec<u8>| -> Result<Option<Record>> {
             let user = keys::user_key(k);
