@@ -5,9 +5,11 @@
 //! `cargo run --example make_seeds` (from `fuzz/`); rerun when the protocol changes.
 
 use meshkv::protocol::{
-    codec, BatchOp, CloseReason, Hello, Item, Message, Mode, Request, Response, Role, MAGIC, PROTOCOL_VERSION,
+    codec, BatchOp, CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Request, Response, Role, MAGIC,
+    PROTOCOL_VERSION,
 };
 use meshkv::secure::{Handshake, Secret, Security};
+use meshkv::storage::{KeySkip, Position, ResumePoint};
 use meshkv::{Db, KeyRange, NodeId, Options, ScanOptions, VersionVector};
 use std::path::Path;
 
@@ -77,9 +79,23 @@ fn messages() -> Vec<Message> {
     let out = vec![
         Message::Hello(hello.clone()),
         Message::Hello(Hello { role: Role::Client, node: NodeId(42), ..hello }),
-        Message::Digest { vv: vv.clone(), resume: Some(VersionVector::new()) },
-        Message::CatchUpStart { since: VersionVector::new(), snapshot: vv.clone() },
+        Message::Digest { vv: vv.clone(), resume: Some(ResumePoint::Log(VersionVector::new())) },
+        Message::Digest {
+            vv: vv.clone(),
+            resume: Some(ResumePoint::Key {
+                since: VersionVector::new(),
+                key: b"alpha".to_vec(),
+                snapshot: vv.clone(),
+            }),
+        },
+        Message::CatchUpStart { since: VersionVector::new(), snapshot: vv.clone(), order: CatchUpOrder::Log },
+        Message::CatchUpStart {
+            since: VersionVector::new(),
+            snapshot: vv.clone(),
+            order: CatchUpOrder::Key { skip: Some(KeySkip { key: b"alpha".to_vec(), covered: vv.clone() }) },
+        },
         Message::CatchUp { id: 1, items: items.clone(), position: None },
+        Message::CatchUp { id: 1, items: items.clone(), position: Some(Position::Key(b"alpha".to_vec())) },
         Message::CaughtUp { id: 2, vv: vv.clone() },
         Message::Live { id: 3, items, vv },
         Message::Ack { id: 3 },
