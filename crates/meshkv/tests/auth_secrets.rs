@@ -114,6 +114,7 @@ async fn clients_need_the_secret_and_the_read_only_secret_only_reads() {
         start_with(db.clone(), Security { secret: Some(secret.clone()), read_only_secret: Some(read_only.clone()) })
             .await;
     let addr = node.local_addr().expect("addr");
+    let mut events = node.events();
     let connect = |secret: Option<Secret>| {
         Client::connect(addr, ClientOptions { secret, retry: false, ..ClientOptions::default() })
     };
@@ -127,6 +128,10 @@ async fn clients_need_the_secret_and_the_read_only_secret_only_reads() {
             }
         }
     }
+
+    // The node saw and reported both refusals too.
+    error_event(&mut events, "no cluster secret").await;
+    error_event(&mut events, "wrong cluster secret").await;
 
     let full = connect(Some(secret)).await.expect("the cluster secret connects");
     assert_eq!(full.get("k").await.expect("get").as_deref(), Some(VALUE));
