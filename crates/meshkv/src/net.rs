@@ -176,6 +176,19 @@ impl FrameWriter {
         Ok(n)
     }
 
+    /// Writes what the socket takes right now, without waiting.
+    pub fn try_flush(&mut self) -> io::Result<()> {
+        while self.pending() > 0 {
+            match self.wr.try_write(&self.wire[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> io::Result<()> {
         while self.pending() > 0 {

@@ -20,6 +20,10 @@ pub(crate) struct Connected {
     writer: FrameWriter,
 }
 
+/// Requests are taken from callers only while less than this many bytes
+/// wait to be written (backpressure on a slow connection).
+const MAX_UNSENT: usize = 1 << 20;
+
 struct Pending {
     request: Request,
     reply: oneshot::Sender<Result<Response>>,
@@ -151,8 +155,11 @@ pub(crate) async fn run(
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome: std::result::Result<(), ()> = loop {
+            // Write without waiting; the rest goes out in the select below,
+            // which keeps reading replies meanwhile (a node blocked writing
+            // replies to us must never wait on us blocked writing requests).
             if !out.is_empty() {
-                if writer.queue_frames(&out).is_err() || writer.flush().await.is_err() {
+                if writer.queue_frames(&out).is_err() || writer.try_flush().is_err() {
                     break Err(());
                 }
                 out.clear();
@@ -175,7 +182,7 @@ pub(crate) async fn run(
                 break Err(());
             }
             tokio::select! {
-                cmd = commands.recv() => {
+                cmd = commands.recv(), if writer.pending() < MAX_UNSENT => {
                     let Some(mut cmd) = cmd else { return };
                     // Take every command already queued: one write for the burst.
                     for _ in 0..256 {
@@ -191,6 +198,9 @@ pub(crate) async fn run(
                         }
                     }
                 }
+                res = writer.write_some(), if writer.pending() > 0 => if res.is_err() {
+                    break Err(());
+                },
                 frame = reader.next() => match frame {
                     Some(Ok(msg)) => on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches),
                     Some(Err(e)) => {
