@@ -221,6 +221,9 @@ async fn connect(target: &Target) -> Result<Client> {
     let cluster = target.cluster.clone().unwrap_or_else(|| DEFAULT_CLUSTER.into());
     let options = ClientOptions { cluster: cluster.clone(), secret: target.secret()?, ..ClientOptions::default() };
     Client::connect(addr, options).await.map_err(|e| match e.code {
+        ErrorCode::Unauthorized if e.message.contains("does not speak meshkv") || e.message.contains("malformed handshake") => {
+            anyhow!("{node} is not a meshkv node ({}); see --node / MESHKV_NODE", e.message)
+        }
         ErrorCode::Unauthorized if e.message.contains("secret") => {
             anyhow!("the node at {node} refused the connection: {} (see --secret-file / MESHKV_SECRET_FILE)", e.message)
         }

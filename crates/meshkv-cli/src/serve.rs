@@ -145,6 +145,9 @@ fn node_config(s: &Settings, listen: SocketAddr, peers: Vec<(SocketAddr, Mode)>,
     if security.read_only_secret.is_some() && security.secret.is_none() {
         bail!("--read-only-secret-file needs the cluster secret as well (--secret-file)");
     }
+    if security.read_only_secret.is_some() && security.read_only_secret == security.secret {
+        bail!("the read-only secret is the cluster secret: read-only clients could write; generate another one");
+    }
     if !listen.ip().is_loopback() && !security.is_enabled() && !insecure {
         bail!(
             "refusing to listen on {listen} without a cluster secret: anyone who can reach it could read and write \

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Written bytes at the front of the send buffer are dropped past this.
+const COMPACT_AFTER: usize = 1 << 20;
 
 /// Why a connection could not be established. The connection is unusable
 /// and no protocol frame was exchanged.
@@ -68,6 +70,8 @@ pub(crate) struct FrameReader {
     opener: Opener,
     /// Decrypted bytes not yet decoded, from `start`.
     buf: Vec<u8>,
+    /// Where socket reads land before decryption (allocated once).
+    chunk: Box<[u8]>,
     start: usize,
     max_frame: usize,
     failed: bool,
@@ -75,7 +79,8 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     fn new(rd: OwnedReadHalf, opener: Opener, plain: Vec<u8>, max_frame: usize) -> Self {
-        FrameReader { rd, opener, buf: plain, start: 0, max_frame, failed: false }
+        let chunk = vec![0u8; READ_CHUNK].into_boxed_slice();
+        FrameReader { rd, opener, buf: plain, chunk, start: 0, max_frame, failed: false }
     }
 
     /// Changes the largest frame accepted from now on.
@@ -104,7 +109,6 @@ impl FrameReader {
 
     /// The next frame; `None` at end of stream. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Message, String>> {
-        let mut chunk = [0u8; READ_CHUNK];
         loop {
             if let Some(m) = self.try_next() {
                 return Some(m);
@@ -114,10 +118,10 @@ impl FrameReader {
             }
             self.buf.drain(..self.start);
             self.start = 0;
-            match self.rd.read(&mut chunk).await {
+            match self.rd.read(&mut self.chunk).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => {
-                    if let Err(e) = self.opener.open(&chunk[..n], &mut self.buf) {
+                    if let Err(e) = self.opener.open(&self.chunk[..n], &mut self.buf) {
                         self.failed = true;
                         return Some(Err(e.to_string()));
                     }
@@ -143,8 +147,10 @@ impl FrameWriter {
 
     /// Queues already-encoded frames.
     pub fn queue_frames(&mut self, frames: &[u8]) -> io::Result<()> {
-        if self.written == self.wire.len() {
-            self.wire.clear();
+        // Drop what was written, so a connection that is never idle does
+        // not keep every byte it ever sent.
+        if self.written == self.wire.len() || self.written >= COMPACT_AFTER {
+            self.wire.drain(..self.written);
             self.written = 0;
         }
         self.sealer.seal(frames, &mut self.wire).map_err(io::Error::other)

@@ -7,9 +7,9 @@ mod common;
 use common::{loopback, Proxy};
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
-use meshkv::protocol::{codec, Hello, LinkConfig, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use meshkv::protocol::{codec, Hello, LinkConfig, Message, Mode, Request, Role, MAGIC, PROTOCOL_VERSION};
 use meshkv::secure::{Handshake, Secret, Security};
-use meshkv::{Db, NodeId, Options};
+use meshkv::{Db, KeyRange, NodeId, Options};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,11 +75,23 @@ async fn an_authenticated_client_that_goes_quiet_is_closed() {
         mode: Mode::Sync,
         policy: 0,
     };
+    // Hello, then a watch on everything, then silence while the node is busy:
+    // the node's own watch events must not count as the client's activity.
     let (mut frame, mut wire) = (Vec::new(), Vec::new());
     codec::encode(&Message::Hello(hello), &mut frame);
+    let watch = Request::Watch { range: KeyRange::all() };
+    codec::encode(&Message::Request { id: 1, request: watch }, &mut frame);
     sealer.seal(&frame, &mut wire).expect("seal");
     s.write_all(&wire).await.expect("hello");
+    let db = node.db().clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..400u32 {
+            db.put(format!("busy/{i}"), "x").expect("put");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     closed_by_node(s).await;
+    writer.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

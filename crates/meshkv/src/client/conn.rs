@@ -154,13 +154,13 @@ pub(crate) async fn run(
         let every = opts.keepalive.max(Duration::from_millis(10));
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let outcome: std::result::Result<(), ()> = loop {
+        loop {
             // Write without waiting; the rest goes out in the select below,
             // which keeps reading replies meanwhile (a node blocked writing
             // replies to us must never wait on us blocked writing requests).
             if !out.is_empty() {
                 if writer.queue_frames(&out).is_err() || writer.try_flush().is_err() {
-                    break Err(());
+                    break;
                 }
                 out.clear();
                 keepalive.reset();
@@ -179,7 +179,7 @@ pub(crate) async fn run(
                 }
             }
             if broken {
-                break Err(());
+                break;
             }
             tokio::select! {
                 cmd = commands.recv(), if writer.pending() < MAX_UNSENT => {
@@ -192,6 +192,9 @@ pub(crate) async fn run(
                             watch_requests.insert(rid, next_watch - 1);
                         }
                         codec::encode(&Message::Request { id: rid, request }, &mut out);
+                        if out.len() >= MAX_UNSENT {
+                            break;
+                        }
                         match commands.try_recv() {
                             Ok(more) => cmd = more,
                             Err(_) => break,
@@ -199,22 +202,21 @@ pub(crate) async fn run(
                     }
                 }
                 res = writer.write_some(), if writer.pending() > 0 => if res.is_err() {
-                    break Err(());
+                    break;
                 },
                 frame = reader.next() => match frame {
                     Some(Ok(msg)) => on_message(msg, &mut pending, &mut watches, &mut watch_requests, &mut live_watches),
                     Some(Err(e)) => {
                         tracing::warn!(%addr, error = %e, "undecodable frame from node; reconnecting");
-                        break Err(());
+                        break;
                     }
-                    None => break Err(()),
+                    None => break,
                 },
                 _ = keepalive.tick() => {
                     codec::encode(&Message::Ping, &mut out);
                 }
             }
-        };
-        let _ = outcome;
+        }
         tracing::debug!(%addr, "connection to node lost");
         // Fail what cannot be retried.
         let keep: Vec<u64> =

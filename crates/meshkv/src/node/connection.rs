@@ -44,6 +44,29 @@ impl ConnCtx {
     }
 }
 
+/// Allows one event per interval (for log lines an attacker can trigger).
+pub(crate) struct RateLimit {
+    interval_ms: u64,
+    /// Milliseconds since `started` of the last allowed event, plus one (0: never).
+    last: std::sync::atomic::AtomicU64,
+    started: Instant,
+}
+
+impl RateLimit {
+    pub fn new(interval: Duration) -> Self {
+        RateLimit { interval_ms: interval.as_millis() as u64, last: Default::default(), started: Instant::now() }
+    }
+
+    /// Whether an event may be reported now.
+    pub fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= self.interval_ms)
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
 /// How a connection ended.
 pub(crate) struct Ended {
     pub peer: Option<crate::NodeId>,
@@ -58,6 +81,8 @@ pub(crate) struct ServerState {
     pub retries: RetryCache,
     /// A client silent this long (or not reading our replies) is dropped.
     pub idle_timeout: Duration,
+    /// Rate limit of the "refused connection" warning.
+    pub refusal_log: RateLimit,
     /// Next scan cursor id, unique across all client connections.
     pub next_cursor: std::sync::atomic::AtomicU64,
 }
@@ -70,12 +95,20 @@ type Incoming = mpsc::Receiver<Result<Message, String>>;
 pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, mut ticket: Ticket) {
     let wait = Duration::from_millis(cfg.handshake_timeout_ms);
     let admitted = tokio::select! {
-        res = tokio::time::timeout(wait, admit(&ctx, stream)) => match res {
+        res = tokio::time::timeout(wait, admit(&ctx, stream, ticket.prover())) => match res {
             Ok(Ok(admitted)) => admitted,
             Ok(Err(why)) => {
-                tracing::warn!(%addr, "refused connection: {why}");
-                if let Some(message) = why.event() {
-                    let _ = ctx.events.send(NodeEvent::Error { addr, message });
+                // Failed authentication is worth an operator's attention
+                // (rate-limited: a flood must not flood the log); port scans
+                // and dropped sockets are not.
+                match why.event() {
+                    Some(message) => {
+                        if ctx.server.refusal_log.allow() {
+                            tracing::warn!(%addr, "{message}");
+                        }
+                        let _ = ctx.events.send(NodeEvent::Error { addr, message });
+                    }
+                    None => tracing::debug!(%addr, "dropped connection: {why}"),
                 }
                 return;
             }
@@ -139,9 +172,10 @@ const FIRST_FRAME_LIMIT: usize = 64 * 1024;
 
 type Admitted = (FrameReader, FrameWriter, Access, Result<Message, String>);
 
-async fn admit(ctx: &ConnCtx, stream: TcpStream) -> Result<Admitted, Refusal> {
+async fn admit(ctx: &ConnCtx, stream: TcpStream, proven: impl Fn()) -> Result<Admitted, Refusal> {
     let (mut frames, writer, access) =
         net::establish(stream, Side::Responder, &ctx.security, ctx.max_frame).await.map_err(Refusal::Handshake)?;
+    proven();
     // The first frame is a small `Hello`: a socket still being admitted
     // cannot make the node buffer a full-size frame.
     frames.set_max_frame(FIRST_FRAME_LIMIT.min(ctx.max_frame));

@@ -169,6 +169,11 @@ impl Node {
         if cfg.security.read_only_secret.is_some() && cfg.security.secret.is_none() {
             return Err(NodeError::Config("a read-only secret needs the cluster secret as well".into()));
         }
+        if cfg.security.read_only_secret.is_some() && cfg.security.read_only_secret == cfg.security.secret {
+            return Err(NodeError::Config(
+                "the read-only secret equals the cluster secret: it would grant writes".into(),
+            ));
+        }
         match cfg.listen {
             Some(addr) if !addr.ip().is_loopback() && !cfg.security.is_enabled() && !cfg.allow_insecure => {
                 return Err(NodeError::Insecure { addr });
@@ -195,6 +200,7 @@ impl Node {
                 options: cfg.server.clone(),
                 retries: session::RetryCache::new(retry_memory),
                 idle_timeout: Duration::from_millis(cfg.link.idle_timeout_ms),
+                refusal_log: connection::RateLimit::new(Duration::from_secs(5)),
                 next_cursor: std::sync::atomic::AtomicU64::new(1),
             }),
             registry: Arc::clone(&registry),

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// A scan chunk stops growing past this many bytes of keys and values.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+/// Room left in a frame for a reply's framing and metadata.
+const REPLY_OVERHEAD: usize = 64 * 1024;
 
 /// A validation hook: sees every write (a put or delete is a batch of one)
 /// before it is applied; an `Err` refuses it with that message.
@@ -140,10 +142,15 @@ pub(crate) async fn serve(
         watches: Vec::new(),
     };
     let mut feed = None;
+    // Only frames from the client count as activity (not our watch events).
+    let mut last_heard = tokio::time::Instant::now();
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let msg = tokio::select! {
-            msg = incoming.next() => msg,
+            msg = incoming.next() => {
+                last_heard = tokio::time::Instant::now();
+                msg
+            }
             commit = recv_feed(&mut feed) => {
                 match commit {
                     Ok(commit) => {
@@ -167,7 +174,7 @@ pub(crate) async fn serve(
                 }
                 continue;
             }
-            _ = tokio::time::sleep(idle) => {
+            _ = tokio::time::sleep_until(last_heard + idle) => {
                 tracing::debug!(%addr, "client idle for too long; closing");
                 let _ = out.queue(&Message::Close { reason: CloseReason::Timeout });
                 flush(&mut out, idle, addr).await;
@@ -287,10 +294,11 @@ impl Session<'_> {
     fn handle(&mut self, id: u64, request: Request) -> Result<Response, RemoteError> {
         match request {
             Request::Get { key } => Ok(Response::Value(self.db().get(key).map_err(internal)?.map(Into::into))),
-            Request::GetMany { keys } => {
-                let snap = self.db().snapshot();
-                let values = keys.iter().map(|k| snap.get(k).map(|v| v.map(Into::into))).collect::<Result<_, _>>();
-                Ok(Response::Values(values.map_err(internal)?))
+            Request::GetMany { keys } => self.get_many(&keys),
+            // Refused before the retry memory: refusals cost nothing to
+            // repeat and must not evict other clients' remembered replies.
+            Request::Write { .. } if self.read_only => {
+                Err(RemoteError::new(ErrorCode::ReadOnly, "read-only access: writes are refused"))
             }
             Request::Write { ops } => self.ctx.server.retries.once((self.client, id), || self.write(ops)),
             Request::Scan { options, chunk } => self.open_scan(options, chunk),
@@ -313,11 +321,27 @@ impl Session<'_> {
         }
     }
 
+    /// Values of `keys` from one snapshot. The reply must fit a frame, so
+    /// a request whose values add up to more is refused, not built.
+    fn get_many(&self, keys: &[serde_bytes::ByteBuf]) -> Result<Response, RemoteError> {
+        let limit = self.ctx.max_frame.saturating_sub(REPLY_OVERHEAD);
+        let snap = self.db().snapshot();
+        let mut values = Vec::with_capacity(keys.len().min(4096));
+        let mut bytes = 0usize;
+        for key in keys {
+            let value = snap.get(key).map_err(internal)?;
+            bytes += value.as_ref().map_or(1, |v| v.len() + 8);
+            if bytes > limit {
+                let msg = format!("the values of these {} keys exceed the reply limit of {limit} bytes", keys.len());
+                return Err(RemoteError::new(ErrorCode::BadRequest, msg));
+            }
+            values.push(value.map(Into::into));
+        }
+        Ok(Response::Values(values))
+    }
+
     fn write(&self, ops: Vec<BatchOp>) -> Result<Response, RemoteError> {
         let server = &self.ctx.server.options;
-        if self.read_only {
-            return Err(RemoteError::new(ErrorCode::ReadOnly, "read-only access: writes are refused"));
-        }
         if let Some(hook) = &server.hook {
             hook(&ops).map_err(|msg| RemoteError::new(ErrorCode::Rejected, msg))?;
         }

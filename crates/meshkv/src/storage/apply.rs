@@ -258,9 +258,9 @@ impl Db {
     /// ignored.
     pub fn resume_point(&self, peer: NodeId) -> Result<Option<ResumePoint>> {
         let Some(raw) = self.inner.meta.get(keys::resume_key(peer))? else { return Ok(None) };
-        match postcard::from_bytes(&raw) {
-            Ok(point) => Ok(Some(point)),
-            Err(_) => {
+        match postcard::take_from_bytes::<ResumePoint>(&raw) {
+            Ok((point, [])) => Ok(Some(point)),
+            _ => {
                 tracing::warn!(%peer, path = %self.inner.path.display(), "ignoring a malformed catch-up resume point");
                 Ok(None)
             }
