@@ -1,12 +1,14 @@
 //! Admission of accepted connections. A connection first *handshakes*: at
 //! most `max_handshaking` sockets that have proved nothing yet (a new one
-//! evicts the oldest, so silent or slow sockets cannot hold the door shut),
-//! then, once it proved the secret, at most `max_handshaking` more waiting
+//! evicts the oldest socket of the address holding the most, so silent or
+//! slow sockets cannot hold the door shut, and a flood from one address
+//! evicts its own sockets before anyone else's), then, once it proved the secret, at most `max_handshaking` more waiting
 //! for their first frame (evicted among themselves only, so a flood without
 //! the secret cannot evict them). It is then *established*, holding one of
 //! `max_connections` slots until it closes.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -18,21 +20,31 @@ pub(crate) struct Admission {
     established: Arc<Semaphore>,
 }
 
-/// Connections in their handshake, oldest first, with the sender that
-/// evicts each.
+/// A handshaking connection: its id, its peer's address and the sender
+/// that evicts it.
+type Entry = (u64, IpAddr, oneshot::Sender<()>);
+
+/// Connections in their handshake, oldest first.
 #[derive(Default)]
 struct Sets {
     /// Nothing proved yet.
-    unproven: VecDeque<(u64, oneshot::Sender<()>)>,
+    unproven: VecDeque<Entry>,
     /// Proved the secret; waiting for the first frame.
-    proven: VecDeque<(u64, oneshot::Sender<()>)>,
+    proven: VecDeque<Entry>,
 }
 
-/// Evicts the oldest entries of `set` until there is room for one more.
-fn make_room(set: &mut VecDeque<(u64, oneshot::Sender<()>)>, max: usize) {
+/// Evicts entries of `set` until there is room for one more: each time the
+/// oldest of the address that holds the most.
+fn make_room(set: &mut VecDeque<Entry>, max: usize) {
     while set.len() >= max {
-        let Some((old, evict)) = set.pop_front() else { break };
-        tracing::debug!(connection = old, "too many handshakes in progress; evicting the oldest");
+        let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+        for (_, ip, _) in set.iter() {
+            *counts.entry(*ip).or_default() += 1;
+        }
+        let Some(busiest) = counts.into_iter().max_by_key(|(_, n)| *n).map(|(ip, _)| ip) else { break };
+        let Some(pos) = set.iter().position(|(_, ip, _)| *ip == busiest) else { break };
+        let Some((old, ip, evict)) = set.remove(pos) else { break };
+        tracing::debug!(connection = old, %ip, "too many handshakes in progress; evicting one");
         let _ = evict.send(());
     }
 }
@@ -55,14 +67,14 @@ impl Admission {
         })
     }
 
-    /// Enters a new connection into the handshaking set, evicting the
-    /// oldest one if the set is full.
-    pub fn start(self: &Arc<Self>) -> Ticket {
+    /// Enters a new connection from `ip` into the handshaking set, evicting
+    /// one if the set is full (see [`make_room`]).
+    pub fn start(self: &Arc<Self>, ip: IpAddr) -> Ticket {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, evicted) = oneshot::channel();
         let mut sets = self.lock();
         make_room(&mut sets.unproven, self.max_handshaking);
-        sets.unproven.push_back((id, tx));
+        sets.unproven.push_back((id, ip, tx));
         Ticket { admission: Arc::clone(self), id, evicted }
     }
 
@@ -70,7 +82,7 @@ impl Admission {
     /// only other proven connections can evict it.
     pub fn proven(&self, id: u64) {
         let mut sets = self.lock();
-        if let Some(pos) = sets.unproven.iter().position(|(other, _)| *other == id) {
+        if let Some(pos) = sets.unproven.iter().position(|(other, _, _)| *other == id) {
             let entry = sets.unproven.remove(pos).unwrap_or_else(|| unreachable!("position found"));
             make_room(&mut sets.proven, self.max_handshaking);
             sets.proven.push_back(entry);
@@ -83,8 +95,8 @@ impl Admission {
 
     fn leave(&self, id: u64) {
         let mut sets = self.lock();
-        sets.unproven.retain(|(other, _)| *other != id);
-        sets.proven.retain(|(other, _)| *other != id);
+        sets.unproven.retain(|(other, _, _)| *other != id);
+        sets.proven.retain(|(other, _, _)| *other != id);
     }
 
     /// Connections handshaking right now.
@@ -119,12 +131,14 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn oldest_handshake_is_evicted_and_slots_are_bounded() {
         let adm = Admission::new(2, 1);
-        let mut a = adm.start();
-        let b = adm.start();
-        let c = adm.start();
+        let mut a = adm.start(LOCAL);
+        let b = adm.start(LOCAL);
+        let c = adm.start(LOCAL);
         assert!(a.evicted.try_recv().is_ok(), "the oldest is evicted");
         assert_eq!(adm.handshaking(), 2);
         drop(a);
@@ -133,18 +147,31 @@ mod tests {
         assert!(c.admit().is_none(), "every established slot is taken");
         assert_eq!(adm.handshaking(), 0);
         drop(slot);
-        assert!(adm.start().admit().is_some());
+        assert!(adm.start(LOCAL).admit().is_some());
     }
 
     #[test]
     fn proven_connections_are_not_evicted_by_unproven_ones() {
         let adm = Admission::new(2, 8);
-        let mut honest = adm.start();
+        let mut honest = adm.start(LOCAL);
         honest.prover()();
-        let mut flood: Vec<Ticket> = (0..10).map(|_| adm.start()).collect();
+        let mut flood: Vec<Ticket> = (0..10).map(|_| adm.start(LOCAL)).collect();
         assert!(honest.evicted.try_recv().is_err(), "a flood evicted a proven connection");
         assert!(flood[0].evicted.try_recv().is_ok(), "unproven ones evict each other");
         assert_eq!(adm.handshaking(), 3);
         assert!(honest.admit().is_some());
+    }
+
+    #[test]
+    fn a_flood_from_one_address_evicts_its_own_sockets_first() {
+        let adm = Admission::new(4, 8);
+        let other: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut early = adm.start(LOCAL);
+        let mut honest = adm.start(other);
+        let flood: Vec<Ticket> = (0..20).map(|_| adm.start(LOCAL)).collect();
+        assert!(early.evicted.try_recv().is_ok(), "the flooding address loses its own sockets");
+        assert!(honest.evicted.try_recv().is_err(), "a flood from another address evicted an honest socket");
+        assert_eq!(adm.handshaking(), 4);
+        drop(flood);
     }
 }

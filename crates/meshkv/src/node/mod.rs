@@ -40,8 +40,9 @@ pub struct NodeConfig {
     /// one more is refused with `Close { Overloaded }`.
     pub max_connections: usize,
     /// Accepted connections still in their handshake, at most (default
-    /// 64); a new one evicts the oldest. Bounds what silent or slow sockets
-    /// can hold; each also has `link.handshake_timeout_ms` to finish.
+    /// 64, and as many more that proved the secret); a new one evicts the
+    /// oldest of the address holding the most. Bounds what silent or slow
+    /// sockets can hold; each also has `link.handshake_timeout_ms` to finish.
     pub max_handshaking: usize,
     /// First reconnect delay (default 100 ms); doubles up to `backoff_max`.
     pub backoff_min: Duration,
@@ -342,7 +343,7 @@ async fn accept_loop(listener: TcpListener, ctx: ConnCtx, cfg: NodeConfig) {
                 continue;
             }
         };
-        let ticket = admission.start();
+        let ticket = admission.start(addr.ip());
         let ctx = ctx.clone();
         let link = LinkConfig { mode: cfg.accept_mode, ..cfg.link.clone() };
         tokio::spawn(connection::accepted(ctx, stream, addr, link, ticket));
