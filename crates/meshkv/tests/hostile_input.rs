@@ -9,34 +9,17 @@ mod common;
 use common::loopback;
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
-use meshkv::secure::{Handshake, Sealer, Secret, Security};
+use meshkv::secure::{Secret, Security};
 use meshkv::{Db, Options};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const IDLE_CONNECTIONS: usize = 1000;
 const GARBAGE_CONNECTIONS: usize = 300;
-
-/// Completes an honest handshake with the public sans-IO API, as a buggy
-/// or compromised client holding the secret would.
-async fn authenticated(addr: SocketAddr, security: &Security) -> Option<(TcpStream, Sealer)> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    let mut hs = Handshake::initiator(security).expect("handshake");
-    s.write_all(&hs.take_output()).await.ok()?;
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = s.read(&mut buf).await.expect("read");
-        assert!(n > 0, "the node closed an honest handshake");
-        if hs.read(&buf[..n]).expect("an honest handshake failed") {
-            break;
-        }
-    }
-    Some((s, hs.established().expect("established").sealer))
-}
 
 /// One hostile connection, chosen by `kind`. Returns the socket when the
 /// attack is to hold it open.
@@ -55,14 +38,14 @@ async fn attack(addr: SocketAddr, security: &Security, kind: u32, rng: &mut StdR
         3 => (TcpStream::connect(addr).await.ok()?, [b"MKV1".as_slice(), &[mode, 0]].concat(), true),
         // Authenticated, then a 4 GiB frame length prefix.
         4 => {
-            let (s, mut sealer) = authenticated(addr, security).await?;
+            let (s, mut sealer) = common::raw_handshake(addr, security).await;
             let mut wire = Vec::new();
             sealer.seal(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3], &mut wire).ok()?;
             (s, wire, false)
         }
         // Authenticated, then well-framed garbage.
         5 => {
-            let (s, mut sealer) = authenticated(addr, security).await?;
+            let (s, mut sealer) = common::raw_handshake(addr, security).await;
             let frame = [&(noise.len() as u32).to_be_bytes()[..], &noise].concat();
             let mut wire = Vec::new();
             sealer.seal(&frame, &mut wire).ok()?;
@@ -70,14 +53,14 @@ async fn attack(addr: SocketAddr, security: &Security, kind: u32, rng: &mut StdR
         }
         // Authenticated, then a truncated frame, then silence.
         6 => {
-            let (s, mut sealer) = authenticated(addr, security).await?;
+            let (s, mut sealer) = common::raw_handshake(addr, security).await;
             let mut wire = Vec::new();
             sealer.seal(&[0, 0, 1, 0, 7], &mut wire).ok()?;
             (s, wire, true)
         }
         // Authenticated, then bytes that are not ciphertext of the session.
         _ => {
-            let (s, _) = authenticated(addr, security).await?;
+            let (s, _) = common::raw_handshake(addr, security).await;
             let forged = [&[0x01, 0x00][..], &noise[..noise.len().min(256)]].concat();
             (s, forged, false)
         }

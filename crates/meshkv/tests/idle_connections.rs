@@ -8,7 +8,7 @@ use common::{loopback, Proxy};
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
 use meshkv::protocol::{codec, Hello, LinkConfig, Message, Mode, Request, Role, MAGIC, PROTOCOL_VERSION};
-use meshkv::secure::{Handshake, Secret, Security};
+use meshkv::secure::{Secret, Security};
 use meshkv::{Db, KeyRange, NodeId, Options};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,17 +55,7 @@ async fn a_connection_that_never_handshakes_is_closed() {
 async fn an_authenticated_client_that_goes_quiet_is_closed() {
     let security = Security::with_secret(Secret::generate());
     let (_d, node) = node(&security).await;
-    let mut s = TcpStream::connect(node.local_addr().expect("addr")).await.expect("connect");
-    let mut hs = Handshake::initiator(&security).expect("handshake");
-    s.write_all(&hs.take_output()).await.expect("write");
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = s.read(&mut buf).await.expect("read");
-        if hs.read(&buf[..n]).expect("honest handshake") {
-            break;
-        }
-    }
-    let mut sealer = hs.established().expect("established").sealer;
+    let (mut s, mut sealer) = common::raw_handshake(node.local_addr().expect("addr"), &security).await;
     let hello = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,

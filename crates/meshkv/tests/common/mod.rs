@@ -25,6 +25,28 @@ pub async fn start(db: Db) -> Node {
     Node::start(db, NodeConfig { listen: loopback(), ..NodeConfig::default() }).await.expect("start")
 }
 
+/// Opens a raw connection to `addr` and completes an honest handshake with
+/// the public sans-IO API (as a buggy or hostile client holding `security`
+/// would); returns the socket and the sealer for what it sends next.
+pub async fn raw_handshake(
+    addr: SocketAddr,
+    security: &meshkv::secure::Security,
+) -> (tokio::net::TcpStream, meshkv::secure::Sealer) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut hs = meshkv::secure::Handshake::initiator(security).expect("handshake");
+    s.write_all(&hs.take_output()).await.expect("write");
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the node closed an honest handshake");
+        if hs.read(&buf[..n]).expect("an honest handshake failed") {
+            break;
+        }
+    }
+    (s, hs.established().expect("established").sealer)
+}
+
 /// Starts a node for `db` listening on loopback that requires `secret`.
 pub async fn start_secured(db: Db, secret: &meshkv::secure::Secret) -> Node {
     let security = meshkv::secure::Security::with_secret(secret.clone());
