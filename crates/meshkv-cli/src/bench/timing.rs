@@ -13,26 +13,33 @@ pub struct Elapsed {
     /// I/O (fsync), and work done by other threads (the engine's flushes
     /// and compactions).
     pub cpu: Option<Duration>,
+    /// On-CPU time of the whole process over the section (all threads:
+    /// helpers and the engine's background work included), `None` where
+    /// unavailable; 10 ms resolution.
+    pub process: Option<Duration>,
 }
 
 /// A started measurement.
 pub struct Timer {
     wall: Instant,
     cpu: Option<Duration>,
+    process: Option<Duration>,
 }
 
 impl Timer {
     /// Starts measuring on the current thread.
     pub fn start() -> Self {
         let cpu = thread_cpu();
-        Timer { wall: Instant::now(), cpu }
+        let process = process_cpu();
+        Timer { wall: Instant::now(), cpu, process }
     }
 
     /// Stops measuring; call on the thread that called [`Timer::start`].
     pub fn stop(&self) -> Elapsed {
         let wall = self.wall.elapsed();
         let cpu = self.cpu.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a));
-        Elapsed { wall, cpu }
+        let process = self.process.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
+        Elapsed { wall, cpu, process }
     }
 }
 

@@ -212,6 +212,7 @@ impl Db {
         // Each op: the log key and, for an insert, the index of its key's change.
         let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<usize>)> = Vec::with_capacity(touched.len());
         let mut data_key = Vec::new();
+        let mut removes_own = false;
         for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
                 changes.push(Change { key, record: new, conflict });
@@ -219,6 +220,7 @@ impl Db {
             }
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
+                removes_own |= d.origin == inner.node_id;
                 log_ops.push((keys::log_key(*d), None));
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
@@ -235,6 +237,12 @@ impl Db {
                 None => batch.remove(&inner.log, &log_key[..]),
             }
         }
+        if removes_own {
+            // The newest own write may be leaving the log, from which open
+            // recovers this node's own entry: persist the entry instead.
+            let own = w.vv.get(inner.node_id);
+            batch.insert(&inner.meta, keys::vv_key(inner.node_id), keys::u64_value(own).to_vec());
+        }
         for &(origin, seq) in raise {
             batch.insert(&inner.meta, keys::vv_key(origin), keys::u64_value(seq).to_vec());
         }
@@ -243,8 +251,9 @@ impl Db {
             Some((peer, None)) => batch.remove(&inner.meta, keys::resume_key(peer)),
             None => {}
         }
-        batch.insert(&inner.meta, keys::META_HLC, keys::u64_value(w.clock.last().0).to_vec());
+        let ceiling = inner.reserve_hlc(w, &mut batch);
         batch.commit()?;
+        w.hlc_ceiling = ceiling;
         for &(origin, seq) in raise {
             w.vv.raise(origin, seq);
         }

@@ -7,6 +7,7 @@ use super::keys;
 use super::options::Options;
 use crate::clock::{Hlc, HybridClock};
 use crate::version::{NodeId, Seq, VersionVector};
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs;
 use std::io::Write;
@@ -22,6 +23,10 @@ const ENGINE_DIR: &str = "engine";
 /// Sequence numbers reserved (durably) ahead of use. After a crash the node
 /// continues above the reservation, so no seq is ever handed out twice.
 pub(crate) const SEQ_RESERVATION: u64 = 1 << 16;
+/// How far (in wall milliseconds) the persisted HLC ceiling runs ahead of
+/// the clock: a commit writes the ceiling only when the clock passes it,
+/// about once a second under steady writes instead of on every commit.
+pub(crate) const HLC_RESERVATION_MS: u64 = 1000;
 
 /// A local meshkv store. Cheap to clone; all clones share one open store.
 #[derive(Clone)]
@@ -51,7 +56,11 @@ pub(crate) struct WriterState {
     /// Highest seq durably reserved; `next_seq` must stay at or below it.
     pub reserved: Seq,
     pub clock: HybridClock,
-    /// The node's version vector (mirrors the `vv` meta keys).
+    /// The persisted HLC ceiling: no timestamp above it is on disk, and
+    /// the clock restarts above it.
+    pub hlc_ceiling: Hlc,
+    /// The node's version vector. Remote origins mirror the `vv` meta
+    /// keys; this node's own entry is the last seq it committed.
     pub vv: VersionVector,
     /// Number of commits so far in this process (feed ordering).
     pub commit_id: u64,
@@ -73,7 +82,11 @@ impl Db {
         // The engine stores these sizes with a keyspace when it creates it
         // and uses the stored ones from then on.
         let memtable = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
-        let data = engine.keyspace("data", memtable(opts.memtable_bytes)).map_err(corrupt)?;
+        // Every put reads the key first; pinning all filter blocks (a few
+        // bytes per key) keeps the misses of fresh keys off the block cache.
+        let data = engine
+            .keyspace("data", || memtable(opts.memtable_bytes)().filter_block_pinning_policy(PinningPolicy::all(true)))
+            .map_err(corrupt)?;
         let log = engine.keyspace("log", memtable(opts.memtable_bytes / 2)).map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
@@ -89,7 +102,13 @@ impl Db {
         };
         let reserved = read_u64(keys::META_SEQ_RESERVED)?;
         let hlc_floor = Hlc(read_u64(keys::META_HLC)?);
-        let vv = read_vv(&path, meta.prefix(keys::META_VV_PREFIX))?;
+        let mut vv = read_vv(&path, meta.prefix(keys::META_VV_PREFIX))?;
+        // Local commits do not write their own `vv` key: the newest own
+        // write still in the change log is the last one committed (commits
+        // recover as a prefix, and a local write leaves older own entries
+        // below its own). A remote write that removes own entries stores the
+        // own `vv` key in its batch, so the maximum of both is exact.
+        vv.raise(node_id, last_own_seq(&log, node_id).map_err(corrupt)?);
         let next_seq = vv.get(node_id).max(reserved) + 1;
         let (feed, _) = broadcast::channel(opts.feed_capacity);
         tracing::debug!(path = %path.display(), %node_id, next_seq, %vv, "opened store");
@@ -105,6 +124,7 @@ impl Db {
                     next_seq,
                     reserved,
                     clock: HybridClock::new(hlc_floor),
+                    hlc_ceiling: hlc_floor,
                     vv,
                     commit_id: 0,
                 }),
@@ -170,8 +190,18 @@ impl Inner {
     }
 }
 
+/// The highest seq of `node`'s own writes in the change log (0 if none).
+fn last_own_seq(log: &Keyspace, node: NodeId) -> fjall::Result<Seq> {
+    let lo = keys::log_key(crate::version::Dot::new(node, 0));
+    let hi = keys::log_key(crate::version::Dot::new(node, Seq::MAX));
+    match log.range(lo..=hi).next_back() {
+        None => Ok(0),
+        Some(guard) => Ok(keys::parse_log_key(&guard.key()?).map_or(0, |d| d.seq)),
+    }
+}
+
 /// Reads every `vv` meta entry from an iterator over that prefix.
-pub(crate) fn read_vv(path: &Path, iter: fjall::Iter) -> Result<VersionVector> {
+fn read_vv(path: &Path, iter: fjall::Iter) -> Result<VersionVector> {
     let mut vv = VersionVector::new();
     for guard in iter {
         let (k, v) = guard.into_inner()?;

@@ -30,6 +30,20 @@ pub(crate) fn data_key_into(user: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(user);
 }
 
+/// The data-keyspace key of a user key as an engine slice: one copy, and
+/// none on the heap for short keys (the engine stores those inline).
+pub(crate) fn data_slice(user: &[u8]) -> fjall::Slice {
+    const STACK: usize = 64;
+    if user.len() < STACK {
+        let mut buf = [0u8; STACK];
+        buf[0] = DATA_PREFIX;
+        buf[1..=user.len()].copy_from_slice(user);
+        fjall::Slice::new(&buf[..=user.len()])
+    } else {
+        fjall::Slice::from(data_key(user))
+    }
+}
+
 /// The user key inside a data-keyspace key.
 pub(crate) fn user_key(data: &[u8]) -> &[u8] {
     data.get(1..).unwrap_or_default()

@@ -1,6 +1,6 @@
 //! Reads: point lookups, range iteration and consistent snapshots.
 
-use super::db::{read_vv, Db, Inner};
+use super::db::{Db, Inner};
 use super::error::{Error, Result};
 use super::keys;
 use super::range::KeyRange;
@@ -55,6 +55,7 @@ pub struct Snapshot {
     pub(crate) db: Arc<Inner>,
     pub(crate) snap: fjall::Snapshot,
     pub(crate) commit_id: u64,
+    pub(crate) vv: VersionVector,
 }
 
 impl Db {
@@ -82,7 +83,12 @@ impl Db {
         // Taken under the writer lock so `commit_id` names exactly the
         // commits the snapshot contains.
         let w = self.inner.lock_writer();
-        Snapshot { db: Arc::clone(&self.inner), snap: self.inner.engine.snapshot(), commit_id: w.commit_id }
+        Snapshot {
+            db: Arc::clone(&self.inner),
+            snap: self.inner.engine.snapshot(),
+            commit_id: w.commit_id,
+            vv: w.vv.clone(),
+        }
     }
 }
 
@@ -108,7 +114,7 @@ impl Snapshot {
 
     /// The version vector as of this snapshot.
     pub fn version_vector(&self) -> Result<VersionVector> {
-        read_vv(&self.db.path, self.snap.prefix(&self.db.meta, keys::META_VV_PREFIX))
+        Ok(self.vv.clone())
     }
 
     /// The id of the last commit included (see [`Commit::id`](super::Commit::id)).

@@ -130,9 +130,17 @@ impl Record {
     /// Encodes for storage and the wire.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len_hint() + 8);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Encodes into `out` (cleared first), reusing its allocation.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
         out.push(RECORD_FORMAT);
         // Serializing plain structs into a Vec cannot fail.
-        postcard::to_extend(self, out).unwrap_or_else(|_| unreachable!("in-memory encode"))
+        let buf = postcard::to_extend(self, std::mem::take(out)).unwrap_or_else(|_| unreachable!("in-memory encode"));
+        *out = buf;
     }
 
     /// Decodes bytes produced by [`Record::encode`]; `None` if they are not a

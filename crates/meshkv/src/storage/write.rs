@@ -1,16 +1,18 @@
 //! Local writes. Each commit stores, in one atomic engine batch: the new
-//! record, its change-log entry, the removal of the entries it supersedes,
-//! and the node's own version-vector entry (SPEC invariants 1 and 2).
+//! record, its change-log entry and the removal of the entries it
+//! supersedes (SPEC invariants 1 and 2). The node's own version-vector
+//! entry is not written: it is recovered from the change log at open.
 
-use super::db::{Db, Inner, WriterState, SEQ_RESERVATION};
+use super::db::{Db, Inner, WriterState, HLC_RESERVATION_MS, SEQ_RESERVATION};
 use super::error::{Error, Result};
 use super::feed::{Change, Commit, Source};
 use super::keys;
 use super::options::Durability;
 use super::read::decode;
 use super::record::{Record, Version};
+use crate::clock::Hlc;
 use crate::version::{Dot, NodeId};
-use fjall::{OwnedWriteBatch, PersistMode};
+use fjall::{OwnedWriteBatch, PersistMode, Slice};
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
@@ -86,13 +88,14 @@ impl Db {
         let mut w = inner.lock_writer();
         inner.reserve_seqs(&mut w, ops.len() as u64)?;
         let node = inner.node_id;
-        let mut batch = inner.batch(ops.len() * 3 + 2);
+        let mut batch = inner.batch(ops.len() * 3 + 1);
         // Nobody can subscribe and snapshot in between: both take this lock.
         let publish = inner.feed.receiver_count() > 0;
         let mut changes = Vec::with_capacity(if publish { ops.len() } else { 0 });
         let now = inner.now_ms();
-        let data_keys: Vec<Vec<u8>> = ops.iter().map(|(k, _)| keys::data_key(k)).collect();
+        let data_keys: Vec<Slice> = ops.iter().map(|(k, _)| keys::data_slice(k)).collect();
         let olds = self.read_records(&data_keys)?;
+        let mut encoded = Vec::new();
         for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
             let dot = Dot::new(node, w.next_seq);
@@ -100,20 +103,21 @@ impl Db {
             let record = Record::single(Version { dot, hlc: w.clock.tick(now), deps, value });
             if let Some(old) = &old {
                 for d in old.dots() {
-                    batch.remove(&inner.log, &keys::log_key(d)[..]);
+                    batch.remove(&inner.log, keys::log_key(d));
                 }
             }
-            batch.insert(&inner.log, &keys::log_key(dot)[..], &key[..]);
-            batch.insert(&inner.data, data_key, record.encode());
+            batch.insert(&inner.log, keys::log_key(dot), &key[..]);
+            record.encode_into(&mut encoded);
+            batch.insert(&inner.data, data_key, &encoded[..]);
             if publish {
                 changes.push(Change { key, record, conflict: None });
             }
         }
-        let last = Dot::new(node, w.next_seq - 1);
-        batch.insert(&inner.meta, keys::vv_key(node), keys::u64_value(last.seq).to_vec());
-        batch.insert(&inner.meta, keys::META_HLC, keys::u64_value(w.clock.last().0).to_vec());
+        let ceiling = inner.reserve_hlc(&w, &mut batch);
         batch.commit()?;
+        let last = Dot::new(node, w.next_seq - 1);
         w.vv.raise(node, last.seq);
+        w.hlc_ceiling = ceiling;
         inner.publish(&mut w, Source::Local, None, changes);
         Ok(Some(last))
     }
@@ -121,11 +125,13 @@ impl Db {
 
 impl Db {
     /// Reads the current records of (data-keyspace) `keys`. Large batches
-    /// spread the point reads over the available cores: they dominate the
-    /// cost of a write (see BENCHMARKS.md).
-    pub(super) fn read_records(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Record>>> {
+    /// spread the point reads over the available cores, the calling thread
+    /// taking the first share: they dominate the cost of a write (see
+    /// BENCHMARKS.md).
+    pub(super) fn read_records<K: AsRef<[u8]> + Sync>(&self, keys: &[K]) -> Result<Vec<Option<Record>>> {
         const PARALLEL_MIN: usize = 256;
-        let read = |k: &Vec<u8>| -> Result<Option<Record>> {
+        let read = |k: &K| -> Result<Option<Record>> {
+            let k = k.as_ref();
             let user = keys::user_key(k);
             self.inner.data.get(k)?.map(|raw| decode(user, &raw)).transpose()
         };
@@ -140,10 +146,15 @@ impl Db {
         }
         let chunk = keys.len().div_ceil(threads);
         std::thread::scope(|s| {
-            let parts: Vec<_> =
-                keys.chunks(chunk).map(|c| s.spawn(move || c.iter().map(read).collect::<Result<Vec<_>>>())).collect();
+            let mut chunks = keys.chunks(chunk);
+            let first = chunks.next().unwrap_or_default();
+            let others: Vec<_> =
+                chunks.map(|c| s.spawn(move || c.iter().map(read).collect::<Result<Vec<_>>>())).collect();
             let mut out = Vec::with_capacity(keys.len());
-            for part in parts {
+            for k in first {
+                out.push(read(k)?);
+            }
+            for part in others {
                 out.extend(part.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
             }
             Ok(out)
@@ -190,6 +201,19 @@ impl Inner {
         b.commit()?;
         w.reserved = reserved;
         Ok(())
+    }
+
+    /// Adds the HLC ceiling to `batch` if the clock has passed the persisted
+    /// one, so no timestamp in the batch can be above what a restart starts
+    /// from. Returns the ceiling to record once the batch has committed.
+    pub(crate) fn reserve_hlc(&self, w: &WriterState, batch: &mut OwnedWriteBatch) -> Hlc {
+        let last = w.clock.last();
+        if last <= w.hlc_ceiling {
+            return w.hlc_ceiling;
+        }
+        let ceiling = Hlc::new(last.wall_ms() + HLC_RESERVATION_MS, 0).max(last);
+        batch.insert(&self.meta, keys::META_HLC, keys::u64_value(ceiling.0));
+        ceiling
     }
 
     /// Publishes a commit on the change feed (under the writer lock, so feed
