@@ -253,7 +253,7 @@ async fn drive(
         link.close(CloseReason::Shutdown);
     }
     if let Some(frame) = first {
-        deliver(ctx, &mut link, addr, frame);
+        deliver(ctx, &mut link, addr, frame, false);
     }
 
     loop {
@@ -343,7 +343,10 @@ async fn drive(
                 link.close(CloseReason::Shutdown);
             },
             msg = in_rx.recv() => match msg {
-                Some(frame) => deliver(ctx, &mut link, addr, frame),
+                Some(frame) => {
+                    let more = !in_rx.is_empty();
+                    deliver(ctx, &mut link, addr, frame, more);
+                }
                 None => {
                     peer_gone = true;
                     link.close(CloseReason::Shutdown);
@@ -369,11 +372,12 @@ async fn drive(
     ended
 }
 
-/// Hands one decoded frame (or a decoding error) to the link; failures close
-/// the link and are reported as node events.
-fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Message, String>) {
+/// Hands one decoded frame (or a decoding error) to the link (`more`: another
+/// frame is already waiting); failures close the link and are reported as
+/// node events.
+fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Message, String>, more: bool) {
     let message = match frame {
-        Ok(msg) => match link.handle_message(msg, ctx.now_ms()) {
+        Ok(msg) => match link.handle_queued_message(msg, ctx.now_ms(), more) {
             Ok(()) => return,
             Err(e) => e.to_string(),
         },

@@ -173,11 +173,23 @@ impl Link {
 
     /// Handles one message from the peer.
     pub fn handle_message(&mut self, msg: Message, now_ms: u64) -> Result<(), LinkError> {
+        self.handle_queued_message(msg, now_ms, false)
+    }
+
+    /// [`handle_message`](Self::handle_message) for a runtime that knows
+    /// whether another message is already waiting (`more`). While one is, the
+    /// link may defer applying the batches of a key-order catch-up (up to a
+    /// bound) to apply them together: the store then writes the keys it does
+    /// not hold straight into tables.
+    pub fn handle_queued_message(&mut self, msg: Message, now_ms: u64, more: bool) -> Result<(), LinkError> {
         if self.is_closed() {
             return Ok(());
         }
         self.last_heard_ms = now_ms;
-        let result = self.dispatch(msg);
+        let mut result = self.dispatch(msg, more);
+        if let (Ok(()), false, Some(recv)) = (&result, more, self.recv.as_mut()) {
+            result = recv.flush(&self.db).map_err(LinkError::Protocol);
+        }
         if let Err(e) = &result {
             let reason = match e {
                 LinkError::Protocol(_) => CloseReason::ProtocolError,
@@ -188,7 +200,7 @@ impl Link {
         result
     }
 
-    fn dispatch(&mut self, msg: Message) -> Result<(), LinkError> {
+    fn dispatch(&mut self, msg: Message, more: bool) -> Result<(), LinkError> {
         match (&self.state, msg) {
             (_, Message::Close { reason }) => {
                 self.state = State::Closed;
@@ -216,7 +228,7 @@ impl Link {
                     .recv
                     .as_mut()
                     .ok_or_else(|| LinkError::Protocol(format!("{} to a non-receiver", msg.kind())))?;
-                let reply = recv.on_message(&self.db, msg).map_err(LinkError::Protocol)?;
+                let reply = recv.on_message(&self.db, msg, more).map_err(LinkError::Protocol)?;
                 if let Some(id) = reply.ack {
                     self.outbox.push_back(Message::Ack { id });
                 }

@@ -18,6 +18,10 @@ enum Phase {
 pub(crate) struct RecvHalf {
     peer: NodeId,
     phase: Phase,
+    /// Batches of a key-order catch-up received (and acknowledged) but not
+    /// applied yet: applied together once they reach [`GATHER_BYTES`] or no
+    /// further message is waiting.
+    gathered: Gathered,
     /// Records applied (for stats and tests).
     pub received_items: u64,
     /// Catch-ups completed on this link.
@@ -32,7 +36,7 @@ pub(crate) struct Reply {
 
 impl RecvHalf {
     pub fn new(peer: NodeId) -> Self {
-        RecvHalf { peer, phase: Phase::Waiting, received_items: 0, catch_ups: 0 }
+        RecvHalf { peer, phase: Phase::Waiting, gathered: Gathered::default(), received_items: 0, catch_ups: 0 }
     }
 
     /// How far a running catch-up is: `(records applied on this link, writes
@@ -52,27 +56,40 @@ impl RecvHalf {
         Ok(Message::Digest { vv: db.version_vector(), resume: db.resume_point(self.peer)? })
     }
 
-    pub fn on_message(&mut self, db: &Db, msg: Message) -> Result<Reply, String> {
+    /// Handles one message. `more`: another message follows right away, so
+    /// batches of a key-order catch-up may be gathered instead of applied.
+    pub fn on_message(&mut self, db: &Db, msg: Message, more: bool) -> Result<Reply, String> {
         let none = Reply { ack: None, caught_up: false };
         match (msg, &self.phase) {
             (Message::CatchUpStart { since, snapshot, order }, _) => {
+                self.flush(db)?;
                 self.phase = Phase::CatchingUp { since, snapshot, order };
                 Ok(none)
             }
-            (Message::CatchUp { id, items, position }, Phase::CatchingUp { since, snapshot, order }) => {
-                let resume = match (position, order) {
-                    (None, _) => None,
-                    (Some(Position::Log(p)), CatchUpOrder::Log) => {
-                        Some(ResumePoint::Log(resume_point(since, snapshot, p)))
-                    }
-                    (Some(Position::Key(key)), CatchUpOrder::Key { skip }) => {
-                        // While a resumed stream is still within the keys the
-                        // stored point already covers, that point says more:
-                        // keep it (docs/ALGORITHM.md §5).
-                        let behind = skip.as_ref().is_some_and(|s| key < s.key);
-                        (!behind).then(|| ResumePoint::Key { since: since.clone(), key, snapshot: snapshot.clone() })
-                    }
-                    (Some(_), _) => return Err("catch-up position does not match the stream's order".into()),
+            (Message::CatchUp { id, items, position }, Phase::CatchingUp { order: CatchUpOrder::Key { .. }, .. }) => {
+                let position = match position {
+                    None => None,
+                    Some(Position::Key(key)) => Some(key),
+                    Some(_) => return Err("catch-up position does not match the stream's order".into()),
+                };
+                // Gathered batches must stay ascending (they are, from a
+                // well-behaved sender); otherwise apply what came before.
+                if self.gathered.items.last().is_some_and(|last| items.first().is_some_and(|i| i.key <= last.key)) {
+                    self.flush(db)?;
+                }
+                self.gathered.bytes += items.iter().map(|i| i.key.len() + i.record.encoded_len_hint()).sum::<usize>();
+                self.gathered.items.extend(items);
+                self.gathered.position = position.or(self.gathered.position.take());
+                if !more || self.gathered.bytes >= GATHER_BYTES {
+                    self.flush(db)?;
+                }
+                Ok(Reply { ack: Some(id), caught_up: false })
+            }
+            (Message::CatchUp { id, items, position }, Phase::CatchingUp { since, snapshot, .. }) => {
+                let resume = match position {
+                    None => None,
+                    Some(Position::Log(p)) => Some(ResumePoint::Log(resume_point(since, snapshot, p))),
+                    Some(_) => return Err("catch-up position does not match the stream's order".into()),
                 };
                 let ctx = ApplyContext {
                     from: Some(self.peer),
@@ -83,6 +100,7 @@ impl RecvHalf {
                 Ok(Reply { ack: Some(id), caught_up: false })
             }
             (Message::CaughtUp { id, vv }, Phase::CatchingUp { .. }) => {
+                self.flush(db)?;
                 let ctx =
                     ApplyContext { covered: Some(&vv), resume: Some((self.peer, None)), ..ApplyContext::default() };
                 self.apply(db, Vec::new(), ctx)?;
@@ -99,12 +117,51 @@ impl RecvHalf {
         }
     }
 
+    /// Applies the gathered batches of a key-order catch-up, with the resume
+    /// point of the last one. Until then they are neither visible nor in the
+    /// resume point: a connection lost meanwhile only costs re-sending them.
+    pub fn flush(&mut self, db: &Db) -> Result<(), String> {
+        let Phase::CatchingUp { since, snapshot, order: CatchUpOrder::Key { skip } } = &self.phase else {
+            return Ok(());
+        };
+        if self.gathered.items.is_empty() && self.gathered.position.is_none() {
+            return Ok(());
+        }
+        let Gathered { items, position, .. } = std::mem::take(&mut self.gathered);
+        // While a resumed stream is still within the keys the stored point
+        // already covers, that point says more: keep it (docs/ALGORITHM.md §5).
+        let resume = position.filter(|key| skip.as_ref().is_none_or(|s| *key >= s.key)).map(|key| ResumePoint::Key {
+            since: since.clone(),
+            key,
+            snapshot: snapshot.clone(),
+        });
+        let ctx = ApplyContext {
+            from: Some(self.peer),
+            resume: resume.as_ref().map(|r| (self.peer, Some(r))),
+            ..ApplyContext::default()
+        };
+        self.apply(db, items, ctx)
+    }
+
     fn apply(&mut self, db: &Db, items: Vec<Item>, ctx: ApplyContext<'_>) -> Result<(), String> {
         self.received_items += items.len() as u64;
         db.apply_with(items.into_iter().map(|i| (i.key, i.record)), ctx)
             .map(|_| ())
             .map_err(|e| format!("storage: {e}"))
     }
+}
+
+/// Bytes of key-order catch-up batches gathered before they are applied:
+/// large enough for the store to write fresh keys straight into tables.
+const GATHER_BYTES: usize = 8 << 20;
+
+/// Key-order catch-up batches not applied yet.
+#[derive(Default)]
+struct Gathered {
+    items: Vec<Item>,
+    bytes: usize,
+    /// The stream position of the last batch.
+    position: Option<Vec<u8>>,
 }
 
 /// Where to resume a log-order catch-up interrupted after applying everything up to

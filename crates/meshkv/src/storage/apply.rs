@@ -11,6 +11,7 @@ use super::options::KEY_LEN_CEILING;
 use super::read::decode;
 use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
+use fjall::{OwnedWriteBatch, PersistMode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -23,6 +24,9 @@ pub struct ApplyReport {
     pub unchanged: usize,
     /// Conflicts detected (concurrent versions settled by the policy).
     pub conflicts: usize,
+    /// Of the changed records, those written straight into new engine
+    /// tables (a bulk ingestion) instead of through the memtable.
+    pub ingested: usize,
 }
 
 /// Effects committed atomically with a merge, for replication.
@@ -148,7 +152,14 @@ impl Db {
             w.next_seq = max_own_seq + 1;
             inner.reserve_seqs(&mut w, 1)?;
         }
-        let changes = self.commit_merged(&mut w, touched, &raise, ctx.resume)?;
+        // Keys that hold no record (all of them, in a bootstrap) of a large
+        // ascending batch go straight into tables (docs/ALGORITHM.md §5).
+        let fresh = if ascending { touched.iter().filter(|t| t.old.is_none()).count() } else { 0 };
+        let ingest = fresh >= INGEST_MIN_RECORDS;
+        if ingest {
+            report.ingested = fresh;
+        }
+        let changes = self.commit_merged(&mut w, touched, &raise, ctx.resume, ingest)?;
         inner.publish(&mut w, Source::Remote, ctx.from, changes);
         Ok(report)
     }
@@ -201,9 +212,11 @@ impl Db {
         touched: Vec<Touched>,
         raise: &[(NodeId, u64)],
         resume: Option<(NodeId, Option<&ResumePoint>)>,
+        ingest: bool,
     ) -> Result<Vec<Change>> {
         let inner: &Inner = &self.inner;
         let mut batch = inner.batch(touched.len() * 3 + raise.len());
+        let mut ingestion: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut changes = Vec::with_capacity(touched.len());
         // Log entries are inserted in log-key order: a batch's dots are
         // scattered over the log (a key-order catch-up) and the engine's
@@ -226,9 +239,27 @@ impl Db {
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
                 log_ops.push((keys::log_key(d), Some(changes.len())));
             }
-            keys::data_key_into(&key, &mut data_key);
-            batch.insert(&inner.data, &data_key[..], new.encode());
+            if ingest && old.is_none() {
+                ingestion.push((keys::data_key(&key), new.encode()));
+            } else {
+                keys::data_key_into(&key, &mut data_key);
+                batch.insert(&inner.data, &data_key[..], new.encode());
+            }
             changes.push(Change { key, record: new, conflict });
+        }
+        if let (Some((first, _)), Some((last, _))) = (ingestion.first(), ingestion.last()) {
+            // Written before the tables and removed with the batch below: a
+            // crash in between leaves the range to `finish_ingestion`.
+            let mut intent =
+                OwnedWriteBatch::with_capacity(inner.engine.clone(), 1).durability(Some(PersistMode::SyncData));
+            intent.insert(&inner.meta, META_INGEST, encode_range(first, last));
+            intent.commit()?;
+            let mut tables = inner.data.start_ingestion()?;
+            for (k, v) in ingestion {
+                tables.write(k, v)?;
+            }
+            tables.finish()?;
+            batch.remove(&inner.meta, META_INGEST);
         }
         log_ops.sort_unstable_by_key(|op| op.0);
         for (log_key, op) in log_ops {
@@ -260,6 +291,36 @@ impl Db {
         Ok(changes)
     }
 
+    /// Completes an ingestion interrupted before its change-log entries were
+    /// committed (called by [`Db::open`]). Its keys held no record before it,
+    /// and every record in its key range is current, so inserting the log
+    /// entry of every version found in that range restores I2; entries that
+    /// already exist are rewritten unchanged.
+    pub(crate) fn finish_ingestion(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let Some(raw) = inner.meta.get(META_INGEST)? else { return Ok(()) };
+        let corrupt = || Error::Corrupt { path: inner.path.clone(), detail: "malformed ingestion marker".into() };
+        let (first, last): (Vec<u8>, Vec<u8>) = match postcard::take_from_bytes(&raw) {
+            Ok((range, [])) => range,
+            _ => return Err(corrupt()),
+        };
+        let _w = inner.lock_writer();
+        let mut batch = inner.batch(1024);
+        let mut entries = 0usize;
+        for guard in inner.data.range(first..=last) {
+            let (dkey, raw) = guard.into_inner()?;
+            let user = keys::user_key(&dkey);
+            for dot in decode(user, &raw)?.dots() {
+                batch.insert(&inner.log, &keys::log_key(dot)[..], user);
+                entries += 1;
+            }
+        }
+        batch.remove(&inner.meta, META_INGEST);
+        batch.commit()?;
+        tracing::info!(path = %inner.path.display(), entries, "completed an interrupted ingestion");
+        Ok(())
+    }
+
     /// The stored point from which an interrupted catch-up from `peer`
     /// resumes (see [`ApplyContext::resume`]). A resume point is only a hint
     /// (dropping one costs re-sending, never correctness), so one that does
@@ -282,6 +343,18 @@ impl Db {
     }
 }
 
+/// Records a batch must bring to keys that hold none before they are
+/// ingested as tables: an ingestion costs several `fsync`s.
+const INGEST_MIN_RECORDS: usize = 16 * 1024;
+
+/// Meta key of an ingestion whose change-log entries may not be committed:
+/// the first and last data keys ingested.
+const META_INGEST: &[u8] = b"ingest";
+
+fn encode_range(first: &[u8], last: &[u8]) -> Vec<u8> {
+    postcard::to_stdvec(&(first, last)).unwrap_or_else(|_| unreachable!("in-memory encode"))
+}
+
 fn encode_resume(point: &ResumePoint) -> Vec<u8> {
     postcard::to_stdvec(point).unwrap_or_else(|_| unreachable!("in-memory encode"))
 }
@@ -299,4 +372,43 @@ struct Touched {
 /// Entries of `new` that are above `current`.
 fn vv_increase(current: &VersionVector, new: &VersionVector) -> Vec<(NodeId, u64)> {
     new.iter().filter(|&(o, s)| s > current.get(o)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Options;
+
+    /// A crash after an ingestion's tables and before its change-log entries:
+    /// the reopen completes it.
+    #[test]
+    fn reopen_completes_an_interrupted_ingestion() {
+        let (ds, dt) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let source = Db::open(ds.path(), Options::default()).expect("open");
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
+        for k in &keys {
+            source.put(k.as_str(), "v").expect("put");
+        }
+        let target = Db::open(dt.path(), Options::default()).expect("open");
+        target.put("k050x", "local").expect("put");
+        let inner = &*target.inner;
+        let (first, last) = (keys::data_key(keys[0].as_bytes()), keys::data_key(keys[99].as_bytes()));
+        inner.meta.insert(META_INGEST, encode_range(&first, &last)).expect("intent");
+        let mut tables = inner.data.start_ingestion().expect("ingestion");
+        for k in &keys {
+            let record = source.get_record(k).expect("get").expect("present");
+            tables.write(keys::data_key(k.as_bytes()), record.encode()).expect("write");
+        }
+        tables.finish().expect("finish");
+        assert!(!target.verify().expect("verify").is_ok(), "the log entries are missing");
+        drop(target);
+
+        let target = Db::open(dt.path(), Options::default()).expect("reopen");
+        assert!(target.verify().expect("verify").is_ok());
+        assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
+        for k in &keys {
+            assert_eq!(target.get_record(k).expect("get"), source.get_record(k).expect("get"));
+        }
+        assert_eq!(target.get("k050x").expect("get").as_deref(), Some(&b"local"[..]));
+    }
 }

@@ -112,7 +112,7 @@ impl Db {
         let next_seq = vv.get(node_id).max(reserved) + 1;
         let (feed, _) = broadcast::channel(opts.feed_capacity);
         tracing::debug!(path = %path.display(), %node_id, next_seq, %vv, "opened store");
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(Inner {
                 path,
                 engine,
@@ -133,7 +133,9 @@ impl Db {
                 durable_seq: AtomicU64::new(0),
                 opts,
             }),
-        })
+        };
+        db.finish_ingestion()?;
+        Ok(db)
     }
 
     /// This node's id.
