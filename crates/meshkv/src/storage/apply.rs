@@ -253,7 +253,11 @@ impl Db {
             let mut intent =
                 OwnedWriteBatch::with_capacity(inner.engine.clone(), 1).durability(Some(PersistMode::SyncData));
             intent.insert(&inner.meta, META_INGEST, encode_range(first, last));
+            // The tables hold timestamps too: the clock ceiling covers them
+            // before they exist.
+            let ceiling = inner.reserve_hlc(w, &mut intent);
             intent.commit()?;
+            w.hlc_ceiling = ceiling;
             let mut tables = inner.data.start_ingestion()?;
             for (k, v) in ingestion {
                 tables.write(k, v)?;
