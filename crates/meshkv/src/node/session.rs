@@ -192,7 +192,7 @@ pub(crate) async fn serve(
         // replies holds at most a burst of them here (TCP holds the rest).
         let mut replies = Vec::new();
         let mut next = msg;
-        for _ in 0..limits.in_flight {
+        for answered in 1..=limits.in_flight {
             let close = match next {
                 Some(Ok(Message::Request { id, request })) => {
                     let watching = matches!(request, Request::Watch { .. });
@@ -223,7 +223,8 @@ pub(crate) async fn serve(
                 }
                 return;
             }
-            if replies.len() >= 1 << 20 {
+            // Take the next frame only if it will be answered in this burst.
+            if answered == limits.in_flight || replies.len() >= 1 << 20 {
                 break;
             }
             match incoming.try_next() {
