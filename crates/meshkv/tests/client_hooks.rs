@@ -20,19 +20,8 @@ async fn a_hook_rejects_forbidden_keys_with_its_message_and_the_node_keeps_servi
     let db = Db::open(dir.path(), Options::default()).expect("open");
     db.put("keep", "me").expect("local write");
     let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
-    let hook = move |ops: &[BatchOp]| -> Result<(), String> {
-        seen.fetch_add(1, Ordering::SeqCst);
-        let forbidden = ops.iter().any(|op| match op {
-            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key.starts_with(b"forbidden/"),
-        });
-        if forbidden {
-            Err(MESSAGE.to_string())
-        } else {
-            Ok(())
-        }
-    };
-    let node = start_serving(db, ServerOptions { hook: Some(Arc::new(hook)), ..ServerOptions::default() }).await;
+    let hook = common::forbid_prefix(b"forbidden/", MESSAGE, &calls);
+    let node = start_serving(db, ServerOptions { hook: Some(hook), ..ServerOptions::default() }).await;
     let addr = node.local_addr().expect("bound");
     let client = Client::connect(addr, ClientOptions::default()).await.expect("connect");
     let vv_before = node.db().version_vector();

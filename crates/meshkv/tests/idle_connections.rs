@@ -7,9 +7,9 @@ mod common;
 use common::{loopback, Proxy};
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
-use meshkv::protocol::{codec, Hello, LinkConfig, Message, Mode, Request, Role, MAGIC, PROTOCOL_VERSION};
+use meshkv::protocol::{codec, LinkConfig, Message, Request};
 use meshkv::secure::{Secret, Security};
-use meshkv::{Db, KeyRange, NodeId, Options};
+use meshkv::{Db, KeyRange, Options};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,19 +56,10 @@ async fn an_authenticated_client_that_goes_quiet_is_closed() {
     let security = Security::with_secret(Secret::generate());
     let (_d, node) = node(&security).await;
     let (mut s, mut sealer) = common::raw_handshake(node.local_addr().expect("addr"), &security).await;
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        cluster: "meshkv".into(),
-        node: NodeId::random(),
-        role: Role::Client,
-        mode: Mode::Sync,
-        policy: 0,
-    };
     // Hello, then a watch on everything, then silence while the node is busy:
     // the node's own watch events must not count as the client's activity.
     let (mut frame, mut wire) = (Vec::new(), Vec::new());
-    codec::encode(&Message::Hello(hello), &mut frame);
+    codec::encode(&common::client_hello(), &mut frame);
     let watch = Request::Watch { range: KeyRange::all() };
     codec::encode(&Message::Request { id: 1, request: watch }, &mut frame);
     sealer.seal(&frame, &mut wire).expect("seal");

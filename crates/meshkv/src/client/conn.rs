@@ -23,6 +23,8 @@ pub(crate) struct Connected {
 /// Requests are taken from callers only while less than this many bytes
 /// wait to be written (backpressure on a slow connection).
 const MAX_UNSENT: usize = 1 << 20;
+/// Commands taken from callers per write, at most.
+const MAX_BURST: usize = 256;
 
 struct Pending {
     request: Request,
@@ -113,7 +115,8 @@ pub(crate) async fn run(
             if !opts.retry && pending.is_empty() {
                 match commands.recv().await {
                     Some(cmd) => {
-                        accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch);
+                        // Sent (with the rest of `pending`) once connected.
+                        accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch, None);
                     }
                     None => return,
                 }
@@ -185,14 +188,14 @@ pub(crate) async fn run(
                 cmd = commands.recv(), if writer.pending() < MAX_UNSENT => {
                     let Some(mut cmd) = cmd else { return };
                     // Take every command already queued: one write for the burst.
-                    for _ in 0..256 {
+                    for taken in 1..=MAX_BURST {
                         let is_watch = matches!(cmd, Command::Watch { .. });
-                        let (rid, request) = accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch);
+                        let rid = accept(cmd, &mut next_id, &mut pending, &mut watches, &mut next_watch, Some(&mut out));
                         if is_watch {
                             watch_requests.insert(rid, next_watch - 1);
                         }
-                        codec::encode(&Message::Request { id: rid, request }, &mut out);
-                        if out.len() >= MAX_UNSENT {
+                        // Take another command only if this burst sends it.
+                        if taken == MAX_BURST || out.len() >= MAX_UNSENT {
                             break;
                         }
                         match commands.try_recv() {
@@ -238,28 +241,42 @@ pub(crate) async fn run(
     }
 }
 
-/// Registers a command; returns the request to send and its id.
+/// Registers a command and encodes its request into `out` (if given);
+/// returns the request id.
 fn accept(
     cmd: Command,
     next_id: &mut u64,
     pending: &mut BTreeMap<u64, Pending>,
     watches: &mut HashMap<u64, Watch>,
     next_watch: &mut u64,
-) -> (u64, Request) {
+    out: Option<&mut Vec<u8>>,
+) -> u64 {
     let rid = *next_id;
     *next_id += 1;
-    match cmd {
+    let request = match cmd {
         Command::Call { request, reply } => {
-            pending.insert(rid, Pending { request: request.clone(), reply });
-            (rid, request)
+            // Encoded before it is kept for a re-send: no copy of its keys and values.
+            if let Some(out) = out {
+                let msg = Message::Request { id: rid, request };
+                codec::encode(&msg, out);
+                let Message::Request { request, .. } = msg else { unreachable!("built above") };
+                pending.insert(rid, Pending { request, reply });
+            } else {
+                pending.insert(rid, Pending { request, reply });
+            }
+            return rid;
         }
         Command::Watch { range, events, reply } => {
             let key = *next_watch;
             *next_watch += 1;
             watches.insert(key, Watch { range: range.clone(), events, reply: Some(reply) });
-            (rid, Request::Watch { range })
+            Request::Watch { range }
         }
+    };
+    if let Some(out) = out {
+        codec::encode(&Message::Request { id: rid, request }, out);
     }
+    rid
 }
 
 fn on_message(

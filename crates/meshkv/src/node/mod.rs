@@ -6,6 +6,7 @@
 mod admission;
 mod connection;
 mod dialer;
+mod group;
 mod registry;
 mod session;
 

@@ -3,6 +3,7 @@
 //! listeners and validation hooks.
 
 use super::connection::ConnCtx;
+use super::group::{self, Queued, WriteGroup};
 use super::registry::PeerState;
 use crate::net::{FrameReader, FrameWriter};
 use crate::protocol::request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
@@ -71,25 +72,31 @@ impl RetryCache {
         RetryCache { inner: Mutex::new(Remembered::default()), capacity: capacity.max(1) }
     }
 
-    /// The remembered reply to `key`, or the result of running `apply` once
-    /// and remembering it. The lock is held while `apply` runs, so a request
-    /// retried on a new connection while the original is still being applied
-    /// waits for it instead of applying again. (Writes are serialized by the
-    /// store anyway.)
-    fn once(&self, key: RequestKey, apply: impl FnOnce() -> Outcome) -> Outcome {
+    /// The remembered reply to each of `keys` (distinct), the others
+    /// answered by running `apply` once on their positions in `keys`, which
+    /// returns their replies in that order; those are remembered. The lock
+    /// is held while `apply` runs, so a request retried on a new connection
+    /// while the original is still being applied waits for it instead of
+    /// applying again. (Writes are serialized by the store anyway.)
+    fn once_each(&self, keys: &[RequestKey], apply: impl FnOnce(&[usize]) -> Vec<Outcome>) -> Vec<Outcome> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(done) = g.replies.get(&key) {
-            return done.clone();
-        }
-        let reply = apply();
-        g.replies.insert(key, reply.clone());
-        g.order.push_back(key);
-        while g.order.len() > self.capacity {
-            if let Some(old) = g.order.pop_front() {
-                g.replies.remove(&old);
+        let mut replies: Vec<Option<Outcome>> = keys.iter().map(|k| g.replies.get(k).cloned()).collect();
+        let fresh: Vec<usize> = (0..keys.len()).filter(|&i| replies[i].is_none()).collect();
+        if !fresh.is_empty() {
+            let applied = apply(&fresh);
+            debug_assert_eq!(applied.len(), fresh.len());
+            for (i, reply) in fresh.into_iter().zip(applied) {
+                g.replies.insert(keys[i], reply.clone());
+                g.order.push_back(keys[i]);
+                replies[i] = Some(reply);
+            }
+            while g.order.len() > self.capacity {
+                if let Some(old) = g.order.pop_front() {
+                    g.replies.remove(&old);
+                }
             }
         }
-        reply
+        replies.into_iter().map(|r| r.unwrap_or_else(|| unreachable!("every request answered"))).collect()
     }
 }
 
@@ -140,6 +147,7 @@ pub(crate) async fn serve(
         cursors: HashMap::new(),
         next_watch: 1,
         watches: Vec::new(),
+        writes: WriteGroup::new(),
     };
     let mut feed = None;
     // Only frames from the client count as activity (not our watch events).
@@ -190,11 +198,19 @@ pub(crate) async fn serve(
         // in-flight limit), then write all replies at once: pipelined
         // clients get one write per burst, and one that never reads its
         // replies holds at most a burst of them here (TCP holds the rest).
+        // Consecutive writes are committed together (see `WriteGroup`);
+        // any other request first commits the writes before it, so it
+        // sees them, and replies keep the order of the requests.
         let mut replies = Vec::new();
         let mut next = msg;
-        for _ in 0..limits.in_flight {
+        for answered in 1..=limits.in_flight {
             let close = match next {
+                Some(Ok(Message::Request { id, request: Request::Write { ops } })) if !session.read_only => {
+                    session.queue_write(id, ops, &mut replies);
+                    None
+                }
                 Some(Ok(Message::Request { id, request })) => {
+                    session.commit_writes(&mut replies);
                     let watching = matches!(request, Request::Watch { .. });
                     let result = session.handle(id, request);
                     if watching && result.is_ok() && feed.is_none() {
@@ -215,6 +231,7 @@ pub(crate) async fn serve(
                 }
             };
             if let Some(reason) = close {
+                session.commit_writes(&mut replies);
                 if let Some(reason) = reason {
                     codec::encode(&Message::Close { reason }, &mut replies);
                 }
@@ -223,7 +240,8 @@ pub(crate) async fn serve(
                 }
                 return;
             }
-            if replies.len() >= 1 << 20 {
+            // Take the next frame only if it will be answered in this burst.
+            if answered == limits.in_flight || replies.len() >= 1 << 20 {
                 break;
             }
             match incoming.try_next() {
@@ -231,6 +249,7 @@ pub(crate) async fn serve(
                 None => break,
             }
         }
+        session.commit_writes(&mut replies);
         if out.queue_frames(&replies).is_err() || !flush(&mut out, idle, addr).await {
             return;
         }
@@ -284,6 +303,8 @@ struct Session<'a> {
     cursors: HashMap<u64, (Scan, u32)>,
     next_watch: u64,
     watches: Vec<(u64, KeyRange)>,
+    /// Write requests of the current burst not yet committed.
+    writes: WriteGroup,
 }
 
 impl Session<'_> {
@@ -300,7 +321,9 @@ impl Session<'_> {
             Request::Write { .. } if self.read_only => {
                 Err(RemoteError::new(ErrorCode::ReadOnly, "read-only access: writes are refused"))
             }
-            Request::Write { ops } => self.ctx.server.retries.once((self.client, id), || self.write(ops)),
+            Request::Write { ops } => {
+                self.commit(vec![Queued { id, ops }]).pop().map_or_else(|| unreachable!("one reply"), |(_, r)| r)
+            }
             Request::Scan { options, chunk } => self.open_scan(options, chunk),
             Request::ScanMore { cursor } => self.next_chunk(cursor),
             Request::ScanClose { cursor } => {
@@ -340,25 +363,90 @@ impl Session<'_> {
         Ok(Response::Values(values))
     }
 
-    fn write(&self, ops: Vec<BatchOp>) -> Result<Response, RemoteError> {
-        let server = &self.ctx.server.options;
-        if let Some(hook) = &server.hook {
-            hook(&ops).map_err(|msg| RemoteError::new(ErrorCode::Rejected, msg))?;
+    /// Adds a write request to the pending group, committing the group
+    /// first if the request cannot join it.
+    fn queue_write(&mut self, id: u64, ops: Vec<BatchOp>, replies: &mut Vec<u8>) {
+        if let Err(ops) = self.writes.offer(id, ops) {
+            self.commit_writes(replies);
+            self.writes.offer(id, ops).unwrap_or_else(|_| unreachable!("an empty group takes any request"));
         }
-        let mut batch = Batch::new();
+    }
+
+    /// Commits the pending write requests and encodes their replies.
+    fn commit_writes(&mut self, replies: &mut Vec<u8>) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let group = self.writes.take();
+        for (id, result) in self.commit(group) {
+            codec::encode(&Message::Reply { id, result }, replies);
+        }
+    }
+
+    /// Applies a group of write requests as one batch, each at most once:
+    /// a request answered before gets its remembered reply; one refused by
+    /// the hook or the size limits is left out. Replies are in request order.
+    fn commit(&self, mut group: Vec<Queued>) -> Vec<(u64, Outcome)> {
+        let keys: Vec<RequestKey> = group.iter().map(|q| (self.client, q.id)).collect();
+        let outcomes = self.ctx.server.retries.once_each(&keys, |fresh| {
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; fresh.len()];
+            let mut batch = Batch::new();
+            // (position in `fresh`, where its ops end in `batch`)
+            let mut applied = Vec::new();
+            for (n, &i) in fresh.iter().enumerate() {
+                let ops = std::mem::take(&mut group[i].ops);
+                if let Err(e) = self.check_write(&ops) {
+                    outcomes[n] = Some(Err(e));
+                    continue;
+                }
+                if ops.is_empty() {
+                    outcomes[n] = Some(Ok(Response::Written(None)));
+                    continue;
+                }
+                for op in ops {
+                    match op {
+                        BatchOp::Put { key, value } => batch.put(key, value),
+                        BatchOp::Delete { key } => batch.delete(key),
+                    };
+                }
+                applied.push((n, batch.len()));
+            }
+            if !applied.is_empty() {
+                let len = batch.len();
+                let ends: Vec<usize> = applied.iter().map(|&(_, end)| end).collect();
+                match self.db().write(batch) {
+                    Ok(Some(last)) => {
+                        for ((n, _), dot) in applied.iter().zip(group::dots(&ends, len, last)) {
+                            outcomes[*n] = Some(Ok(Response::Written(Some(dot))));
+                        }
+                    }
+                    result => {
+                        let outcome = result.map(|_| Response::Written(None)).map_err(write_error);
+                        for (n, _) in &applied {
+                            outcomes[*n] = Some(outcome.clone());
+                        }
+                    }
+                }
+            }
+            outcomes.into_iter().map(|o| o.unwrap_or_else(|| unreachable!("every request answered"))).collect()
+        });
+        group.iter().map(|q| q.id).zip(outcomes).collect()
+    }
+
+    /// The hook's verdict on one write request, then the store's size limits.
+    fn check_write(&self, ops: &[BatchOp]) -> Result<(), RemoteError> {
+        if let Some(hook) = &self.ctx.server.options.hook {
+            hook(ops).map_err(|msg| RemoteError::new(ErrorCode::Rejected, msg))?;
+        }
+        let inner = &self.db().inner;
         for op in ops {
             match op {
-                BatchOp::Put { key, value } => batch.put(key, value),
-                BatchOp::Delete { key } => batch.delete(key),
-            };
-        }
-        match self.db().write(batch) {
-            Ok(dot) => Ok(Response::Written(dot)),
-            Err(e @ (StorageError::KeyTooLarge { .. } | StorageError::ValueTooLarge { .. })) => {
-                Err(RemoteError::new(ErrorCode::BadRequest, e.to_string()))
+                BatchOp::Put { key, value } => inner.check_key(key).and_then(|()| inner.check_value(value)),
+                BatchOp::Delete { key } => inner.check_key(key),
             }
-            Err(e) => Err(internal(e)),
+            .map_err(write_error)?;
         }
+        Ok(())
     }
 
     fn open_scan(&mut self, options: ScanOptions, chunk: u32) -> Result<Response, RemoteError> {
@@ -445,6 +533,15 @@ impl Session<'_> {
             conflicts: db.conflict_count(),
             peers,
         }
+    }
+}
+
+fn write_error(e: StorageError) -> RemoteError {
+    match e {
+        StorageError::KeyTooLarge { .. } | StorageError::ValueTooLarge { .. } => {
+            RemoteError::new(ErrorCode::BadRequest, e.to_string())
+        }
+        e => internal(e),
     }
 }
 

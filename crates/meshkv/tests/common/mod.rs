@@ -217,3 +217,39 @@ async fn pump(
         }
     }
 }
+
+/// The `Hello` of a client with a fresh random id, for raw connections.
+pub fn client_hello() -> meshkv::protocol::Message {
+    use meshkv::protocol::{Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+    Message::Hello(Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        cluster: "meshkv".into(),
+        node: meshkv::NodeId::random(),
+        role: Role::Client,
+        mode: Mode::Sync,
+        policy: 0,
+    })
+}
+
+/// A validation hook refusing, with `message`, any write touching a key
+/// under `prefix`; counts its calls in `calls`.
+pub fn forbid_prefix(
+    prefix: &'static [u8],
+    message: &'static str,
+    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::sync::Arc<meshkv::node::WriteHook> {
+    use meshkv::protocol::BatchOp;
+    let calls = std::sync::Arc::clone(calls);
+    std::sync::Arc::new(move |ops: &[BatchOp]| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let forbidden = ops.iter().any(|op| match op {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key.starts_with(prefix),
+        });
+        if forbidden {
+            Err(message.to_string())
+        } else {
+            Ok(())
+        }
+    })
+}
