@@ -216,7 +216,7 @@ impl Db {
     ) -> Result<Vec<Change>> {
         let inner: &Inner = &self.inner;
         let mut batch = inner.batch(touched.len() * 3 + raise.len());
-        let mut ingestion: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut ingestion: Vec<(fjall::Slice, fjall::Slice)> = Vec::new();
         let mut changes = Vec::with_capacity(touched.len());
         // Log entries are inserted in log-key order: a batch's dots are
         // scattered over the log (a key-order catch-up) and the engine's
@@ -224,7 +224,7 @@ impl Db {
         // the same (cached) nodes instead of missing the cache at every level.
         // Each op: the log key and, for an insert, the index of its key's change.
         let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<usize>)> = Vec::with_capacity(touched.len());
-        let mut data_key = Vec::new();
+        let mut encoded = Vec::new();
         let mut removes_own = false;
         for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
@@ -239,11 +239,12 @@ impl Db {
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
                 log_ops.push((keys::log_key(d), Some(changes.len())));
             }
+            // One copy of each key and record into engine slices.
+            new.encode_into(&mut encoded);
             if ingest && old.is_none() {
-                ingestion.push((keys::data_key(&key), new.encode()));
+                ingestion.push((keys::data_slice(&key), fjall::Slice::new(&encoded)));
             } else {
-                keys::data_key_into(&key, &mut data_key);
-                batch.insert(&inner.data, &data_key[..], new.encode());
+                batch.insert(&inner.data, keys::data_slice(&key), &encoded[..]);
             }
             changes.push(Change { key, record: new, conflict });
         }
