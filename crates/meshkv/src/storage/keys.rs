@@ -19,15 +19,9 @@ const DATA_PREFIX: u8 = b'k';
 /// The data-keyspace key of a user key.
 pub(crate) fn data_key(user: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.len() + 1);
-    data_key_into(user, &mut k);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(user);
     k
-}
-
-/// Writes the data-keyspace key of a user key into `out` (a reused buffer).
-pub(crate) fn data_key_into(user: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.push(DATA_PREFIX);
-    out.extend_from_slice(user);
 }
 
 /// The data-keyspace key of a user key as an engine slice: one copy, and
@@ -112,6 +106,15 @@ pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_slice_matches_data_key_for_short_and_long_keys() {
+        for len in [0, 1, 19, 20, 62, 63, 64, 1000] {
+            let user: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert_eq!(&data_slice(&user)[..], &data_key(&user)[..], "key of {len} bytes");
+            assert_eq!(user_key(&data_slice(&user)), &user[..]);
+        }
+    }
 
     #[test]
     fn log_keys_sort_by_origin_then_seq() {
