@@ -22,9 +22,13 @@ fn options(clock: &Arc<SettableClock>) -> Options {
     Options { clock: clock.clone(), ..Options::default() }
 }
 
+/// Every record of `db`, as a catch-up from nothing would send it.
+fn all_records(db: &Db) -> Vec<(Vec<u8>, Record)> {
+    db.changes_since(&meshkv::VersionVector::new()).expect("changes").map(|c| c.expect("item")).collect()
+}
+
 fn max_hlc(db: &Db) -> u64 {
-    let all = db.changes_since(&meshkv::VersionVector::new()).expect("changes");
-    all.map(|c| c.expect("item").1.max_hlc().0).max().unwrap_or(0)
+    all_records(db).iter().map(|(_, r)| r.max_hlc().0).max().unwrap_or(0)
 }
 
 fn hlc_of(db: &Db, key: &str) -> u64 {
@@ -66,8 +70,7 @@ fn observed_remote_timestamps_survive_a_restart() {
     let src_dir = tempfile::tempdir().expect("tempdir");
     let src = Db::open(src_dir.path(), options(&clock)).expect("open source");
     src.put("remote", "v").expect("put");
-    let records: Vec<(Vec<u8>, Record)> =
-        src.changes_since(&meshkv::VersionVector::new()).expect("changes").map(|c| c.expect("item")).collect();
+    let records = all_records(&src);
     let remote_hlc = records[0].1.max_hlc().0;
 
     // The receiver's wall clock is 30 s behind: applying moves its clock
@@ -97,8 +100,7 @@ fn vv_stays_exact_when_a_remote_write_supersedes_the_newest_own_one() {
     // leaves the change log.
     let peer_dir = tempfile::tempdir().expect("tempdir");
     let peer = Db::open(peer_dir.path(), options(&clock)).expect("open peer");
-    let ours: Vec<(Vec<u8>, Record)> =
-        db.changes_since(&meshkv::VersionVector::new()).expect("changes").map(|c| c.expect("item")).collect();
+    let ours = all_records(&db);
     peer.apply(ours, Some(&db.version_vector())).expect("peer applies");
     clock.0.fetch_add(10, Ordering::SeqCst);
     peer.put("shared", "theirs").expect("peer overwrites");
