@@ -296,6 +296,9 @@ async fn drive(
                     }
                 }
                 LinkEvent::CaughtUp { peer } => {
+                    // Counts first: whoever hears the event reads them.
+                    let (sent, received) = link.item_counts();
+                    ctx.registry.set_counts(conn, sent, received, lag, link.catch_up_progress());
                     ctx.registry.set_live(conn);
                     tracing::info!(%addr, %peer, "caught up");
                     let _ = ctx.events.send(NodeEvent::CaughtUp { peer });

@@ -226,6 +226,12 @@ impl Db {
         let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<usize>)> = Vec::with_capacity(touched.len());
         let mut encoded = Vec::new();
         let mut removes_own = false;
+        // Before the batch commits, so the filter never misses a stored key.
+        let mut filter = inner.filter.lock();
+        for t in touched.iter().filter(|t| t.old.is_none()) {
+            filter.add(&t.key);
+        }
+        drop(filter);
         for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
                 changes.push(Change { key, record: new, conflict });

@@ -3,6 +3,7 @@
 
 use super::error::{Error, Result};
 use super::feed::Commit;
+use super::filter::{FilterScan, KeyFilter, KeyFilterStats};
 use super::keys;
 use super::options::Options;
 use crate::clock::{Hlc, HybridClock};
@@ -47,6 +48,10 @@ pub(crate) struct Inner {
     pub(crate) conflicts: AtomicU64,
     /// Own writes up to this seq are known to be on stable storage.
     pub(crate) durable_seq: AtomicU64,
+    /// A superset of the keys that hold a record (storage/filter.rs).
+    pub(crate) filter: Arc<KeyFilter>,
+    /// The open-time scan filling `filter`, joined when the store closes.
+    pub(crate) filter_scan: Mutex<Option<FilterScan>>,
 }
 
 /// State only the (single) writer touches, behind `Inner::writer`.
@@ -110,6 +115,17 @@ impl Db {
         // own `vv` key in its batch, so the maximum of both is exact.
         vv.raise(node_id, last_own_seq(&log, node_id).map_err(corrupt)?);
         let next_seq = vv.get(node_id).max(reserved) + 1;
+        // Taken before any write of this open can land: the scan adds what
+        // was stored before, writers add what they create.
+        let existing = if data.is_empty().map_err(corrupt)? { None } else { Some(data.approximate_len()) };
+        let filter = Arc::new(KeyFilter::new(existing, opts.key_filter_bytes));
+        let filter_scan = match existing {
+            None => None,
+            Some(_) => Some(
+                FilterScan::start(Arc::clone(&filter), engine.snapshot(), data.clone(), keys::user_key)
+                    .map_err(|source| Error::Io { context: "cannot start the key filter scan".into(), source })?,
+            ),
+        };
         let (feed, _) = broadcast::channel(opts.feed_capacity);
         tracing::debug!(path = %path.display(), %node_id, next_seq, %vv, "opened store");
         let db = Db {
@@ -131,6 +147,8 @@ impl Db {
                 feed,
                 conflicts: AtomicU64::new(0),
                 durable_seq: AtomicU64::new(0),
+                filter,
+                filter_scan: Mutex::new(filter_scan),
                 opts,
             }),
         };
@@ -156,6 +174,20 @@ impl Db {
     /// The node's current version vector.
     pub fn version_vector(&self) -> VersionVector {
         self.inner.lock_writer().vv.clone()
+    }
+
+    /// What the in-memory key filter holds (see [`KeyFilterStats`]).
+    pub fn key_filter_stats(&self) -> KeyFilterStats {
+        self.inner.filter.stats()
+    }
+
+    /// Waits until the key filter holds every key stored when the store was
+    /// opened (a background scan of an existing store). Until then writes
+    /// read every key; nothing else depends on it.
+    pub fn wait_for_key_filter(&self) {
+        if let Some(scan) = self.inner.filter_scan.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            scan.join();
+        }
     }
 
     /// Forces everything written so far to stable storage (`fdatasync`).

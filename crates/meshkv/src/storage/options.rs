@@ -50,6 +50,11 @@ pub struct Options {
     /// Applies to a store created with these options; an existing store
     /// keeps the sizes it was created with.
     pub memtable_bytes: u64,
+    /// Memory budget of the in-memory key filter that lets a write of a new
+    /// key skip reading its (absent) old record (default 64 MiB, about 8
+    /// bits per key: some 60 million keys). A store with more keys than
+    /// that reads every key before writing it, as with no filter.
+    pub key_filter_bytes: usize,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
     /// Node id for a store created by this open (ignored for an existing
@@ -69,6 +74,7 @@ impl Default for Options {
             feed_capacity: 64,
             cache_bytes: 64 * 1024 * 1024,
             memtable_bytes: 32 * 1024 * 1024,
+            key_filter_bytes: 64 * 1024 * 1024,
             clock: Arc::new(SystemClock),
             new_node_id: None,
         }

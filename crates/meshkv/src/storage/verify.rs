@@ -31,7 +31,8 @@ impl IntegrityReport {
 impl Db {
     /// Scans the whole store (from one snapshot) and checks that every
     /// current version has exactly its change-log entry, that every log
-    /// entry points to a current version, and that the version vector and
+    /// entry points to a current version, that the key filter holds every
+    /// stored key (once its open-time scan is done), and that the version vector and
     /// the sequence reservation cover this node's own writes. Reads
     /// everything: meant for tests, tools and operators, not hot paths.
     pub fn verify(&self) -> Result<IntegrityReport> {
@@ -39,10 +40,14 @@ impl Db {
         let inner = &snapshot.db;
         let snap = &snapshot.snap;
         let mut report = IntegrityReport::default();
+        let filter_complete = inner.filter.lock().is_complete();
         for guard in snap.iter(&inner.data) {
             let (dkey, raw) = guard.into_inner()?;
             let key = keys::user_key(&dkey);
             report.records += 1;
+            if filter_complete && !inner.filter.lock().may_contain(key) {
+                report.problems.push(format!("key filter misses stored key {key:?}"));
+            }
             let record = match decode(key, &raw) {
                 Ok(r) => r,
                 Err(e) => {

@@ -94,7 +94,13 @@ impl Db {
         let mut changes = Vec::with_capacity(if publish { ops.len() } else { 0 });
         let now = inner.now_ms();
         let data_keys: Vec<Slice> = ops.iter().map(|(k, _)| keys::data_slice(k)).collect();
-        let olds = self.read_records(&data_keys)?;
+        // Added before the batch commits, so the filter never misses a
+        // stored key; a key certainly new skips the read of its record.
+        let present: Vec<bool> = {
+            let mut filter = inner.filter.lock();
+            ops.iter().map(|(k, _)| filter.add(k)).collect()
+        };
+        let olds = self.read_records_where(&data_keys, &present)?;
         let mut encoded = Vec::new();
         for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
@@ -124,13 +130,33 @@ impl Db {
 }
 
 impl Db {
-    /// Reads the current records of (data-keyspace) `keys`. Large batches
-    /// spread the point reads over the available cores, the calling thread
-    /// taking the first share: they dominate the cost of a write (see
-    /// BENCHMARKS.md).
+    /// Reads the current records of (data-keyspace) `keys`, skipping the
+    /// keys the key filter knows hold none.
     pub(super) fn read_records<K: AsRef<[u8]> + Sync>(&self, keys: &[K]) -> Result<Vec<Option<Record>>> {
+        let present: Vec<bool> = {
+            let filter = self.inner.filter.lock();
+            keys.iter().map(|k| filter.may_contain(keys::user_key(k.as_ref()))).collect()
+        };
+        self.read_records_where(keys, &present)
+    }
+
+    /// Reads the current records of (data-keyspace) `keys` where `present`
+    /// says a key may hold one; the others are `None` without a read.
+    fn read_records_where<K: AsRef<[u8]> + Sync>(&self, keys: &[K], present: &[bool]) -> Result<Vec<Option<Record>>> {
+        let to_read: Vec<&K> = keys.iter().zip(present).filter(|(_, p)| **p).map(|(k, _)| k).collect();
+        let mut found = self.read_present(&to_read)?.into_iter();
+        if to_read.len() == keys.len() {
+            return Ok(found.collect());
+        }
+        Ok(present.iter().map(|&p| if p { found.next().flatten() } else { None }).collect())
+    }
+
+    /// Point reads of `keys`, in parallel for large batches: they dominate
+    /// the cost of a write of existing keys (see BENCHMARKS.md), the calling
+    /// thread takes the first share.
+    fn read_present<K: AsRef<[u8]> + Sync>(&self, keys: &[&K]) -> Result<Vec<Option<Record>>> {
         const PARALLEL_MIN: usize = 256;
-        let read = |k: &K| -> Result<Option<Record>> {
+        let read = |k: &&K| -> Result<Option<Record>> {
             let k = k.as_ref();
             let user = keys::user_key(k);
             self.inner.data.get(k)?.map(|raw| decode(user, &raw)).transpose()
