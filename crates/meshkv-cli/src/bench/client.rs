@@ -10,14 +10,20 @@
 //! Batched: the same tasks send `--batch` operations per request (an atomic
 //! `batch` of puts, or one `get_many`); throughput counts operations.
 //! Keys are 16 bytes (scattered), values `--value-size` bytes.
+//!
+//! Before meshkv, the same run measures the machine's baseline: a plain TCP
+//! ping-pong (see [`pingpong`]) with a sequential get's frame sizes, between
+//! the same two runtimes; the JSON reports meshkv's sequential throughput as
+//! a fraction of it.
 
 use super::machine;
+use super::pingpong::{self, Sizes};
 use super::workload::{key_at, push_value};
 use anyhow::{Context, Result};
 use clap::Args;
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
-use meshkv::protocol::BatchOp;
+use meshkv::protocol::{codec, BatchOp, Message, Request, Response};
 use meshkv::secure::{Secret, Security};
 use meshkv::{Db, Options};
 use serde_json::json;
@@ -62,16 +68,36 @@ pub fn run(args: ClientArgs) -> Result<()> {
     let dir = super::temp_dir(&base, "meshkv-bench-client-")?;
     let node_rt = super::runtime()?;
     let (node, addr, secret) = node_rt.block_on(start_node(&args, dir.path()))?;
-    let results = if args.shared_runtime {
-        node_rt.block_on(measure(&args, addr, secret))?
+    let own_rt = if args.shared_runtime {
+        None
     } else {
-        let client_rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the client's runtime")?;
-        client_rt.block_on(measure(&args, addr, secret))?
+        Some(rt)
     };
+    let client_rt = own_rt.as_ref().unwrap_or(&node_rt);
+    let sizes = get_frame_sizes(args.ops, args.value_size);
+    let (pp_addr, pp_server) = node_rt.block_on(pingpong::start_server(sizes))?;
+    let pp = client_rt.block_on(pingpong::measure(pp_addr, sizes, args.ops, args.in_flight))?;
+    node_rt.block_on(pp_server).context("ping-pong server panicked")??;
+    let mut results = client_rt.block_on(measure(&args, addr, secret))?;
     node_rt.block_on(node.shutdown());
+    let ratio = |name: &str, base: f64| json!(results[name].as_f64().unwrap_or(0.0) / base);
+    let derived = [
+        ("tcp_pingpong_seq_per_s", json!(pp.seq_per_s)),
+        ("tcp_pingpong_in_flight_per_s", json!(pp.in_flight_per_s)),
+        ("tcp_pingpong_request_bytes", json!(sizes.request)),
+        ("tcp_pingpong_reply_bytes", json!(sizes.reply)),
+        ("get_seq_vs_pingpong", ratio("get_seq_per_s", pp.seq_per_s)),
+        ("put_seq_vs_pingpong", ratio("put_seq_per_s", pp.seq_per_s)),
+        ("get_in_flight_vs_pingpong", ratio("get_in_flight_per_s", pp.in_flight_per_s)),
+        ("put_in_flight_vs_pingpong", ratio("put_in_flight_per_s", pp.in_flight_per_s)),
+    ];
+    for (name, value) in derived {
+        results[name] = value;
+    }
     if args.json {
         println!("{results}");
     } else {
@@ -82,13 +108,32 @@ pub fn run(args: ClientArgs) -> Result<()> {
             "get_in_flight_per_s",
             "put_batched_per_s",
             "get_many_per_s",
+            "tcp_pingpong_seq_per_s",
+            "tcp_pingpong_in_flight_per_s",
         ];
         for name in names {
-            println!("{name:<22} {:>12.0}", results[name].as_f64().unwrap_or(0.0));
+            println!("{name:<28} {:>12.0}", results[name].as_f64().unwrap_or(0.0));
         }
+        let ratios =
+            ["get_seq_vs_pingpong", "put_seq_vs_pingpong", "get_in_flight_vs_pingpong", "put_in_flight_vs_pingpong"];
+        for name in ratios {
+            println!("{name:<28} {:>12.2}", results[name].as_f64().unwrap_or(0.0));
+        }
+        println!("(ping-pong: {}-byte requests, {}-byte replies, as a plaintext get)", sizes.request, sizes.reply);
         println!("({} ops each, {} in flight, {}-byte values)", args.ops, args.in_flight, args.value_size);
     }
     Ok(())
+}
+
+/// Frame sizes of a plaintext `get` of a benchmark key and of its reply with
+/// a `value_size`-byte value, for request ids around `ops`.
+fn get_frame_sizes(ops: u64, value_size: usize) -> Sizes {
+    let mut buf = Vec::new();
+    let request =
+        codec::encode(&Message::Request { id: ops, request: Request::Get { key: key_at(0).to_vec() } }, &mut buf);
+    let value = Some(vec![0; value_size].into());
+    let reply = codec::encode(&Message::Reply { id: ops, result: Ok(Response::Value(value)) }, &mut buf);
+    Sizes { request, reply }
 }
 
 /// Starts the node under test on a fresh store.
