@@ -8,32 +8,22 @@
 //! meshkv reaches, whatever the machine's speed that day.
 //!
 //! The server is a task on the node's runtime that answers each
-//! `request_len`-byte request with a `reply_len`-byte reply, all the
-//! requests one read delivered with one write. The client runs on the
-//! runtime the meshkv client runs on. Sequential: one round trip at a time.
-//! In flight: a window of requests on the same connection, refilled as
-//! replies arrive. Each measurement stops issuing requests after
-//! [`MAX_PHASE`].
+//! `request`-byte request with a `reply`-byte reply ([`Sizes`]), all the
+//! requests one read delivered with one write. The client ([`Conn`]) runs on
+//! the runtime the meshkv client runs on, one round trip at a time or with a
+//! window of requests in flight on the same connection, refilled as replies
+//! arrive.
 
 use anyhow::{bail, Context, Result};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Longest a measurement issues new requests for.
-pub const MAX_PHASE: Duration = Duration::from_secs(10);
+/// A measurement that takes longer than this has stalled and fails.
+const STALLED: Duration = Duration::from_secs(30);
 const READ_BUF: usize = 64 * 1024;
-
-/// Round trips per second of both measurements.
-#[derive(Debug, Clone, Copy)]
-pub struct PingPong {
-    /// One round trip at a time.
-    pub seq_per_s: f64,
-    /// With a window of requests in flight.
-    pub in_flight_per_s: f64,
-}
 
 /// Request and reply sizes in bytes.
 #[derive(Debug, Clone, Copy)]
@@ -45,10 +35,10 @@ pub struct Sizes {
 }
 
 /// Binds 127.0.0.1 on an ephemeral port and spawns a server for one
-/// connection on the current runtime; the handle ends when the client
-/// closes the connection.
+/// connection on the current runtime; it ends when the client closes the
+/// connection.
 pub async fn start_server(sizes: Sizes) -> Result<(SocketAddr, JoinHandle<Result<()>>)> {
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.context("ping-pong: cannot bind")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("ping-pong: cannot bind")?;
     let addr = listener.local_addr().context("ping-pong: no local address")?;
     Ok((addr, tokio::spawn(serve(listener, sizes))))
 }
@@ -73,50 +63,65 @@ async fn serve(listener: TcpListener, sizes: Sizes) -> Result<()> {
     }
 }
 
-/// Connects to `addr` and measures `round_trips` sequential round trips,
-/// then `round_trips` with `window` in flight.
-pub async fn measure(addr: SocketAddr, sizes: Sizes, round_trips: u64, window: u64) -> Result<PingPong> {
-    let mut stream = TcpStream::connect(addr).await.context("ping-pong: cannot connect")?;
-    stream.set_nodelay(true).context("ping-pong: nodelay")?;
-    let seq_per_s = sequential(&mut stream, sizes, round_trips).await?;
-    let in_flight_per_s = windowed(&mut stream, sizes, round_trips, window).await?;
-    Ok(PingPong { seq_per_s, in_flight_per_s })
+/// The client's connection.
+pub struct Conn {
+    stream: TcpStream,
+    sizes: Sizes,
+    buf: Vec<u8>,
 }
 
-async fn sequential(stream: &mut TcpStream, sizes: Sizes, round_trips: u64) -> Result<f64> {
-    let request = vec![b'r'; sizes.request];
-    let mut reply = vec![0u8; sizes.reply];
-    let started = Instant::now();
-    let mut done = 0;
-    while done < round_trips && started.elapsed() < MAX_PHASE {
-        stream.write_all(&request).await.context("ping-pong client: write")?;
-        stream.read_exact(&mut reply).await.context("ping-pong client: read")?;
-        done += 1;
+impl Conn {
+    /// Connects to a server from [`start_server`].
+    pub async fn connect(addr: SocketAddr, sizes: Sizes) -> Result<Conn> {
+        let stream = TcpStream::connect(addr).await.context("ping-pong: cannot connect")?;
+        stream.set_nodelay(true).context("ping-pong: nodelay")?;
+        Ok(Conn { stream, sizes, buf: vec![0u8; READ_BUF] })
     }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
-}
 
-async fn windowed(stream: &mut TcpStream, sizes: Sizes, round_trips: u64, window: u64) -> Result<f64> {
-    let requests = vec![b'r'; sizes.request * window as usize];
-    let mut buf = vec![0u8; READ_BUF];
-    let started = Instant::now();
-    let mut sent = window.min(round_trips);
-    stream.write_all(&requests[..sent as usize * sizes.request]).await.context("ping-pong client: write")?;
-    let (mut done, mut partial) = (0, 0);
-    while done < sent {
-        let n = stream.read(&mut buf).await.context("ping-pong client: read")?;
-        if n == 0 {
-            bail!("ping-pong server closed the connection");
-        }
-        let replies = ((partial + n) / sizes.reply) as u64;
-        partial = (partial + n) % sizes.reply;
-        done += replies;
-        // At most `window` are outstanding, so `replies <= window`.
-        let more = if started.elapsed() < MAX_PHASE { replies.min(round_trips - sent) } else { 0 };
-        if more > 0 {
-            stream.write_all(&requests[..more as usize * sizes.request]).await.context("ping-pong client: write")?;
-            sent += more;
-        }
+    /// Time taken by `n` round trips, one at a time.
+    pub async fn sequential(&mut self, n: u64) -> Result<Duration> {
+        let request = vec![b'r'; self.sizes.request];
+        let reply_len = self.sizes.reply;
+        let started = Instant::now();
+        let run = async {
+            for _ in 0..n {
+                self.stream.write_all(&request).await?;
+                self.stream.read_exact(&mut self.buf[..reply_len]).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(STALLED, run).await.context("ping-pong stalled")?.context("ping-pong client")?;
+        Ok(started.elapsed())
     }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
+
+    /// Time taken by `n` round trips with up to `window` in flight.
+    pub async fn in_flight(&mut self, n: u64, window: u64) -> Result<Duration> {
+        let started = Instant::now();
+        tokio::time::timeout(STALLED, self.windowed(n, window)).await.context("ping-pong stalled")??;
+        Ok(started.elapsed())
+    }
+
+    async fn windowed(&mut self, n: u64, window: u64) -> Result<()> {
+        let Sizes { request, reply } = self.sizes;
+        let requests = vec![b'r'; request * window as usize];
+        let mut sent = window.min(n);
+        self.stream.write_all(&requests[..sent as usize * request]).await.context("ping-pong client: write")?;
+        let (mut done, mut partial) = (0, 0);
+        while done < sent {
+            let got = self.stream.read(&mut self.buf).await.context("ping-pong client: read")?;
+            if got == 0 {
+                bail!("ping-pong server closed the connection");
+            }
+            let replies = ((partial + got) / reply) as u64;
+            partial = (partial + got) % reply;
+            done += replies;
+            // Never more than `window` outstanding, so `more <= window`.
+            let more = replies.min(n - sent);
+            if more > 0 {
+                self.stream.write_all(&requests[..more as usize * request]).await.context("ping-pong client: write")?;
+                sent += more;
+            }
+        }
+        Ok(())
+    }
 }
