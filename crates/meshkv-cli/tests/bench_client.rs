@@ -1,5 +1,7 @@
 //! Runs the built `meshkv` binary: `bench client --json` reports every
-//! throughput as a positive number, in plaintext and with a cluster secret.
+//! throughput, the TCP ping-pong baseline and meshkv's ratios to it as
+//! positive numbers, in plaintext, with a cluster secret and on a shared
+//! runtime.
 
 use serde_json::Value;
 use std::process::Command;
@@ -24,6 +26,14 @@ fn bench_client_json_reports_every_throughput() {
             "get_in_flight_per_s",
             "put_batched_per_s",
             "get_many_per_s",
+            "tcp_pingpong_seq_per_s",
+            "tcp_pingpong_in_flight_per_s",
+            "tcp_pingpong_request_bytes",
+            "tcp_pingpong_reply_bytes",
+            "get_seq_vs_pingpong",
+            "put_seq_vs_pingpong",
+            "get_in_flight_vs_pingpong",
+            "put_in_flight_vs_pingpong",
         ] {
             let x = v[k].as_f64().unwrap_or_else(|| panic!("`{k}` missing in {v}"));
             assert!(x.is_finite() && x > 0.0, "{k} = {x} with {extra:?}");

@@ -3,27 +3,40 @@
 //! one request at a time (each waits for its reply) and with many in flight.
 //!
 //! The node runs on a fresh store (default durability) on a multi-thread
-//! tokio runtime; the client runs on the same runtime. Sequential: one task
-//! issues `--ops` puts, then `--ops` gets of the same keys, each awaited
-//! before the next. In flight: `--in-flight` tasks share one client (one
-//! connection, requests pipelined) and split the same number of operations.
+//! tokio runtime; the client on its own single-threaded one (or, with
+//! `--shared-runtime`, on the node's). Sequential: one task issues `--ops`
+//! puts, then `--ops` gets of the same keys, each awaited before the next.
+//! In flight: `--in-flight` tasks share one client (one connection,
+//! requests pipelined) and split the same number of operations.
 //! Batched: the same tasks send `--batch` operations per request (an atomic
 //! `batch` of puts, or one `get_many`); throughput counts operations.
 //! Keys are 16 bytes (scattered), values `--value-size` bytes.
+//!
+//! The machine's baseline is measured alongside: a plain TCP ping-pong (see
+//! [`pingpong`]) between the same two runtimes with a plaintext get's frame
+//! sizes. Sequential ping-pong round trips alternate with the sequential
+//! puts and gets in chunks of [`CHUNK`], so that each ratio (meshkv ÷
+//! ping-pong) compares the two under the same conditions. The ping-pong
+//! with `--in-flight` round trips in flight runs once, before meshkv's
+//! in-flight measurements.
 
 use super::machine;
+use super::pingpong::{self, Sizes};
 use super::workload::{key_at, push_value};
 use anyhow::{Context, Result};
 use clap::Args;
 use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig};
-use meshkv::protocol::BatchOp;
+use meshkv::protocol::{codec, BatchOp, Message, Request, Response};
 use meshkv::secure::{Secret, Security};
 use meshkv::{Db, Options};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Sequential operations measured between two switches to the ping-pong.
+const CHUNK: u64 = 500;
 
 /// Arguments of `meshkv bench client`.
 #[derive(Debug, Args)]
@@ -62,15 +75,20 @@ pub fn run(args: ClientArgs) -> Result<()> {
     let dir = super::temp_dir(&base, "meshkv-bench-client-")?;
     let node_rt = super::runtime()?;
     let (node, addr, secret) = node_rt.block_on(start_node(&args, dir.path()))?;
-    let results = if args.shared_runtime {
-        node_rt.block_on(measure(&args, addr, secret))?
+    let own_rt = if args.shared_runtime {
+        None
     } else {
-        let client_rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the client's runtime")?;
-        client_rt.block_on(measure(&args, addr, secret))?
+        Some(rt)
     };
+    let client_rt = own_rt.as_ref().unwrap_or(&node_rt);
+    let sizes = get_frame_sizes(args.ops, args.value_size);
+    let (pp_addr, pp_server) = node_rt.block_on(pingpong::start_server(sizes))?;
+    let results = client_rt.block_on(measure(&args, addr, secret, pp_addr, sizes))?;
+    node_rt.block_on(pp_server).context("ping-pong server panicked")??;
     node_rt.block_on(node.shutdown());
     if args.json {
         println!("{results}");
@@ -82,13 +100,32 @@ pub fn run(args: ClientArgs) -> Result<()> {
             "get_in_flight_per_s",
             "put_batched_per_s",
             "get_many_per_s",
+            "tcp_pingpong_seq_per_s",
+            "tcp_pingpong_in_flight_per_s",
         ];
         for name in names {
-            println!("{name:<22} {:>12.0}", results[name].as_f64().unwrap_or(0.0));
+            println!("{name:<28} {:>12.0}", results[name].as_f64().unwrap_or(0.0));
         }
+        let ratios =
+            ["get_seq_vs_pingpong", "put_seq_vs_pingpong", "get_in_flight_vs_pingpong", "put_in_flight_vs_pingpong"];
+        for name in ratios {
+            println!("{name:<28} {:>12.2}", results[name].as_f64().unwrap_or(0.0));
+        }
+        println!("(ping-pong: {}-byte requests, {}-byte replies, as a plaintext get)", sizes.request, sizes.reply);
         println!("({} ops each, {} in flight, {}-byte values)", args.ops, args.in_flight, args.value_size);
     }
     Ok(())
+}
+
+/// Frame sizes of a plaintext `get` of a benchmark key and of its reply with
+/// a `value_size`-byte value, for request ids around `ops`.
+fn get_frame_sizes(ops: u64, value_size: usize) -> Sizes {
+    let mut buf = Vec::new();
+    let request =
+        codec::encode(&Message::Request { id: ops, request: Request::Get { key: key_at(0).to_vec() } }, &mut buf);
+    let value = Some(vec![0; value_size].into());
+    let reply = codec::encode(&Message::Reply { id: ops, result: Ok(Response::Value(value)) }, &mut buf);
+    Sizes { request, reply }
 }
 
 /// Starts the node under test on a fresh store.
@@ -102,9 +139,16 @@ async fn start_node(args: &ClientArgs, dir: &std::path::Path) -> Result<(Node, S
     Ok((node, addr, secret))
 }
 
-async fn measure(args: &ClientArgs, addr: SocketAddr, secret: Option<Secret>) -> Result<serde_json::Value> {
+async fn measure(
+    args: &ClientArgs,
+    addr: SocketAddr,
+    secret: Option<Secret>,
+    pp_addr: SocketAddr,
+    sizes: Sizes,
+) -> Result<serde_json::Value> {
     let client =
         Client::connect(addr, ClientOptions { secret, ..ClientOptions::default() }).await.context("cannot connect")?;
+    let mut pp = pingpong::Conn::connect(pp_addr, sizes).await?;
     let (ops, size) = (args.ops, args.value_size);
     let value = move |i: u64| {
         let mut v = Vec::with_capacity(size);
@@ -112,16 +156,14 @@ async fn measure(args: &ClientArgs, addr: SocketAddr, secret: Option<Secret>) ->
         v
     };
 
-    let started = Instant::now();
-    for i in 0..ops {
-        client.put(key_at(i).to_vec(), value(i)).await.context("put")?;
-    }
-    let put_seq = ops as f64 / started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    for i in 0..ops {
-        client.get(key_at(i).to_vec()).await.context("get")?;
-    }
-    let get_seq = ops as f64 / started.elapsed().as_secs_f64();
+    let c = &client;
+    let (put_seq, pp_put_seq) =
+        alternating(ops, &mut pp, |i| async move { c.put(key_at(i).to_vec(), value(i)).await.map(|_| ()) }).await?;
+    let (get_seq, pp_get_seq) =
+        alternating(ops, &mut pp, |i| async move { c.get(key_at(i).to_vec()).await.map(|_| ()) }).await?;
+    let pp_seq = 2.0 / (1.0 / pp_put_seq + 1.0 / pp_get_seq);
+    let pp_in_flight = ops as f64 / pp.in_flight(ops, args.in_flight).await?.as_secs_f64();
+    drop(pp);
 
     let put_par = in_flight(&client, ops, args.in_flight, move |c, i| {
         let v = value(ops + i);
@@ -164,7 +206,36 @@ async fn measure(args: &ClientArgs, addr: SocketAddr, secret: Option<Secret>) ->
         "get_seq_per_s": get_seq,
         "put_in_flight_per_s": put_par,
         "get_in_flight_per_s": get_par,
+        "tcp_pingpong_request_bytes": sizes.request,
+        "tcp_pingpong_reply_bytes": sizes.reply,
+        "tcp_pingpong_seq_per_s": pp_seq,
+        "tcp_pingpong_in_flight_per_s": pp_in_flight,
+        "put_seq_vs_pingpong": put_seq / pp_put_seq,
+        "get_seq_vs_pingpong": get_seq / pp_get_seq,
+        "put_in_flight_vs_pingpong": put_par / pp_in_flight,
+        "get_in_flight_vs_pingpong": get_par / pp_in_flight,
     }))
+}
+
+/// Runs `ops` operations one at a time, in chunks alternating with as many
+/// sequential ping-pong round trips; returns operations per second and
+/// round trips per second.
+async fn alternating<F, Fut>(ops: u64, pp: &mut pingpong::Conn, mut op: F) -> Result<(f64, f64)>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = meshkv::client::Result<()>>,
+{
+    let (mut op_time, mut pp_time) = (Duration::ZERO, Duration::ZERO);
+    for start in (0..ops).step_by(CHUNK as usize) {
+        let end = (start + CHUNK).min(ops);
+        let started = Instant::now();
+        for i in start..end {
+            op(i).await.context("remote operation failed")?;
+        }
+        op_time += started.elapsed();
+        pp_time += pp.sequential(end - start).await?;
+    }
+    Ok((ops as f64 / op_time.as_secs_f64(), ops as f64 / pp_time.as_secs_f64()))
 }
 
 /// Runs `ops` operations from `tasks` concurrent tasks sharing `client`;

@@ -4,6 +4,7 @@ mod client;
 mod latency;
 mod local;
 mod machine;
+mod pingpong;
 mod replicate;
 mod timing;
 mod workload;
@@ -32,7 +33,8 @@ enum BenchCommand {
     #[command(hide = true)]
     ReplicateReceiver(replicate::ReceiverArgs),
     /// Remote put and get through the client library: sequential and with
-    /// many requests in flight.
+    /// many requests in flight, against a plain TCP ping-pong on the same
+    /// runtimes.
     Client(client::ClientArgs),
     /// Put-on-A to visible-on-B latency of two connected nodes under a
     /// paced write load.
