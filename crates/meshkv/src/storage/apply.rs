@@ -227,9 +227,10 @@ impl Db {
         let mut encoded = Vec::new();
         let mut removes_own = false;
         // Before the batch commits, so the filter never misses a stored key.
+        let hashes: Vec<u64> = touched.iter().filter(|t| t.old.is_none()).map(|t| inner.filter.hash(&t.key)).collect();
         let mut filter = inner.filter.lock();
-        for t in touched.iter().filter(|t| t.old.is_none()) {
-            filter.add(&t.key);
+        for h in hashes {
+            filter.add(h);
         }
         drop(filter);
         for Touched { key, old, new, conflict } in touched {

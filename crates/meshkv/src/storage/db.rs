@@ -121,6 +121,7 @@ impl Db {
         let filter = Arc::new(KeyFilter::new(existing, opts.key_filter_bytes));
         let filter_scan = match existing {
             None => None,
+            Some(_) if filter.lock().has_given_up() => None,
             Some(_) => Some(
                 FilterScan::start(Arc::clone(&filter), engine.snapshot(), data.clone(), keys::user_key)
                     .map_err(|source| Error::Io { context: "cannot start the key filter scan".into(), source })?,
@@ -181,9 +182,10 @@ impl Db {
         self.inner.filter.stats()
     }
 
-    /// Waits until the key filter holds every key stored when the store was
-    /// opened (a background scan of an existing store). Until then writes
-    /// read every key; nothing else depends on it.
+    /// Waits until the background scan of an existing store has added every
+    /// key stored at open to the key filter, or has failed (then the filter
+    /// stays incomplete and writes keep reading every key). Until then writes
+    /// read every key; nothing else depends on it. Blocks the thread.
     pub fn wait_for_key_filter(&self) {
         if let Some(scan) = self.inner.filter_scan.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             scan.join();

@@ -5,7 +5,7 @@
 //! version's dependencies). For a key that was never written that read finds
 //! nothing, yet it costs a walk of the engine's memtables — as much as the
 //! insert itself. The filter answers "certainly absent" for most such keys,
-//! so the read is skipped (docs/ALGORITHM.md §2, "The key filter").
+//! so the read is skipped (docs/ALGORITHM.md §4, "The key filter").
 //!
 //! Correctness rests on one property: the filter holds a superset of the keys
 //! in the data keyspace. Writers add every key they create before its batch
@@ -15,12 +15,13 @@
 //! removed (tombstones stay records). A false "maybe" only costs the read.
 //!
 //! The filter grows by generations (a scalable Bloom filter): when one is
-//! full a new one of twice its capacity is added, and a key may be present
-//! if any generation says so. Past `Options::key_filter_bytes` it gives up
-//! and answers "maybe" for every key: writes then read every key, as without
-//! a filter.
+//! full a new one of twice its capacity is added (or of what the budget has
+//! left), and a key may be present if any generation says so. Once
+//! `Options::key_filter_bytes` is spent it gives up and answers "maybe" for
+//! every key: writes then read every key, as without a filter.
 
-use fastbloom::BloomFilter;
+use fastbloom::{BloomFilter, DefaultHasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -29,11 +30,15 @@ use std::thread::JoinHandle;
 const FALSE_POSITIVE_RATE: f64 = 0.02;
 /// Capacity of the first generation of a new store, in keys.
 const FIRST_CAPACITY: usize = 1 << 20;
+/// Smallest generation worth adding when the budget is nearly spent.
+const MIN_CAPACITY: usize = 1 << 16;
 /// Keys hashed per lock taken by the open-time scan.
 const SCAN_CHUNK: usize = 4096;
 
 /// A superset of the keys that hold a record; see the module documentation.
 pub(crate) struct KeyFilter {
+    /// Shared by every generation, so a key is hashed once, outside the lock.
+    hasher: DefaultHasher,
     state: Mutex<State>,
 }
 
@@ -60,8 +65,8 @@ pub struct KeyFilterStats {
     pub complete: bool,
     /// Over its memory budget: the filter is off and every write reads.
     pub given_up: bool,
-    /// Keys added (a key added again, or one that was a false positive,
-    /// counts once).
+    /// Keys that set new bits (about the distinct keys added; a key that was
+    /// a false positive when added is not counted).
     pub keys: u64,
     /// Memory held by the filter's bits.
     pub bytes: u64,
@@ -71,16 +76,18 @@ impl KeyFilter {
     /// A filter for a store holding no key (complete at once), or for one
     /// holding about `existing` keys that still have to be scanned.
     pub(crate) fn new(existing: Option<usize>, max_bytes: usize) -> Self {
-        let capacity = existing.map_or(FIRST_CAPACITY, |n| n.saturating_mul(2).max(FIRST_CAPACITY));
-        let mut state = State {
-            complete: existing.is_none(),
-            given_up: false,
-            generations: Vec::new(),
-            seed: rand::random(),
-            max_bytes,
-        };
+        let seed: u128 = rand::random();
+        let capacity = existing.map_or(FIRST_CAPACITY, |n| n.saturating_add(n / 4).max(FIRST_CAPACITY));
+        let mut state =
+            State { complete: existing.is_none(), given_up: false, generations: Vec::new(), seed, max_bytes };
         state.grow(capacity);
-        KeyFilter { state: Mutex::new(state) }
+        KeyFilter { hasher: DefaultHasher::seeded(&seed.to_be_bytes()), state: Mutex::new(state) }
+    }
+
+    /// The hash of `key` that [`FilterGuard`] takes (the same for every
+    /// generation).
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// Takes the filter for a batch of queries and inserts.
@@ -101,25 +108,20 @@ impl KeyFilter {
     }
 }
 
-/// The locked filter.
+/// The locked filter. Keys are given by their [`KeyFilter::hash`].
 pub(crate) struct FilterGuard<'a>(MutexGuard<'a, State>);
 
 impl FilterGuard<'_> {
-    /// Whether `key` may hold a record. `false` is certain.
-    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
+    /// Whether the key hashed to `hash` may hold a record. `false` is certain.
+    pub(crate) fn may_contain(&self, hash: u64) -> bool {
         let s = &self.0;
-        if !s.complete || s.given_up {
-            return true;
-        }
-        let Some(first) = s.generations.first() else { return true };
-        let hash = first.bloom.source_hash(key);
-        s.generations.iter().any(|g| g.bloom.contains_hash(hash))
+        !s.complete || s.given_up || s.generations.iter().any(|g| g.bloom.contains_hash(hash))
     }
 
-    /// Adds `key` and tells whether it may have been there before, that is
-    /// whether it may hold a record (`false` is certain). One pass instead of
-    /// a query and then an insert.
-    pub(crate) fn add(&mut self, key: &[u8]) -> bool {
+    /// Adds the key hashed to `hash` and tells whether it may have been there
+    /// before, that is whether it may hold a record (`false` is certain). One
+    /// pass instead of a query and then an insert.
+    pub(crate) fn add(&mut self, hash: u64) -> bool {
         let s = &mut self.0;
         if s.given_up {
             return true;
@@ -129,28 +131,37 @@ impl FilterGuard<'_> {
             s.grow(next);
         }
         let Some((last, older)) = s.generations.split_last_mut() else { return true };
-        let hash = last.bloom.source_hash(key);
-        let in_older = older.iter().any(|g| g.bloom.contains_hash(hash));
-        let in_last = last.bloom.insert_hash(hash);
-        if !in_last {
+        // A key an older generation holds is not added again: the newest
+        // one fills with new keys only.
+        let present = older.iter().any(|g| g.bloom.contains_hash(hash)) || last.bloom.insert_hash(hash);
+        if !present {
             last.len += 1;
         }
-        !s.complete || in_older || in_last
+        !s.complete || present
     }
 
     /// Whether the open-time scan has finished.
     pub(crate) fn is_complete(&self) -> bool {
         self.0.complete
     }
+
+    /// Whether the filter is over its budget (every key "maybe" for good).
+    pub(crate) fn has_given_up(&self) -> bool {
+        self.0.given_up
+    }
 }
 
 impl State {
-    /// Adds a generation for `capacity` keys, or gives up if that would pass
-    /// the memory budget.
+    /// Adds a generation for `capacity` keys, or for as many as the memory
+    /// budget has left; gives up when that is too few to be worth it.
     fn grow(&mut self, capacity: usize) {
-        let bits = fastbloom::optimal_size(capacity, FALSE_POSITIVE_RATE);
         let held: usize = self.generations.iter().map(|g| g.bloom.num_bits() / 8).sum();
-        if held + bits / 8 > self.max_bytes {
+        let left_bits = self.max_bytes.saturating_sub(held).saturating_mul(8);
+        let mut capacity = capacity;
+        while capacity >= MIN_CAPACITY && fastbloom::optimal_size(capacity, FALSE_POSITIVE_RATE) > left_bits {
+            capacity /= 2;
+        }
+        if capacity < MIN_CAPACITY {
             if !self.given_up {
                 tracing::info!(
                     budget_bytes = self.max_bytes,
@@ -161,6 +172,7 @@ impl State {
             self.generations = Vec::new();
             return;
         }
+        let bits = fastbloom::optimal_size(capacity, FALSE_POSITIVE_RATE);
         let hashes = fastbloom::optimal_hashes(bits, capacity);
         let bloom = BloomFilter::with_num_bits(bits).seed(&self.seed).hashes(hashes);
         self.generations.push(Generation { bloom, capacity, len: 0 });
@@ -188,17 +200,17 @@ impl FilterScan {
         let thread = std::thread::Builder::new().name("meshkv-key-filter".into()).spawn(move || {
             use fjall::Readable;
             let started = std::time::Instant::now();
-            let mut keys = Vec::with_capacity(SCAN_CHUNK);
+            let mut hashes = Vec::with_capacity(SCAN_CHUNK);
             let mut scanned = 0u64;
             let mut iter = snapshot.iter(&data);
             loop {
                 if flag.load(Ordering::Relaxed) {
                     return;
                 }
-                keys.clear();
+                hashes.clear();
                 for guard in iter.by_ref().take(SCAN_CHUNK) {
                     match guard.key() {
-                        Ok(k) => keys.push(k),
+                        Ok(k) => hashes.push(filter.hash(user_key(&k))),
                         Err(e) => {
                             // The filter stays incomplete: every write reads.
                             tracing::warn!(error = %e, "key filter scan failed; writes keep reading every key");
@@ -207,11 +219,14 @@ impl FilterScan {
                     }
                 }
                 let mut f = filter.lock();
-                for k in &keys {
-                    f.add(user_key(k));
+                if f.has_given_up() {
+                    return;
                 }
-                scanned += keys.len() as u64;
-                if keys.len() < SCAN_CHUNK {
+                for &h in &hashes {
+                    f.add(h);
+                }
+                scanned += hashes.len() as u64;
+                if hashes.len() < SCAN_CHUNK {
                     f.0.complete = true;
                     drop(f);
                     tracing::debug!(keys = scanned, elapsed = ?started.elapsed(), "key filter complete");
@@ -241,31 +256,64 @@ impl Drop for FilterScan {
 mod tests {
     use super::*;
 
+    fn add_all(filter: &KeyFilter, keys: impl Iterator<Item = u64>) {
+        let mut f = filter.lock();
+        for i in keys {
+            f.add(filter.hash(&i.to_be_bytes()));
+        }
+    }
+
+    fn holds_all(filter: &KeyFilter, keys: impl Iterator<Item = u64>) -> bool {
+        let f = filter.lock();
+        keys.into_iter().all(|i| f.may_contain(filter.hash(&i.to_be_bytes())))
+    }
+
     #[test]
     fn holds_every_inserted_key_across_generations() {
         let filter = KeyFilter::new(None, usize::MAX);
-        let mut f = filter.lock();
-        let n = FIRST_CAPACITY * 3 + 5;
-        for i in 0..n as u64 {
-            f.add(&i.to_be_bytes());
-        }
-        assert!((0..n as u64).all(|i| f.may_contain(&i.to_be_bytes())));
-        let absent = (n as u64..n as u64 + 100_000).filter(|i| f.may_contain(&i.to_be_bytes())).count();
+        let n = FIRST_CAPACITY as u64 * 3 + 5;
+        add_all(&filter, 0..n);
+        assert!(holds_all(&filter, 0..n));
+        let f = filter.lock();
+        let absent = (n..n + 100_000).filter(|i| f.may_contain(filter.hash(&i.to_be_bytes()))).count();
         // Three generations, each at most 2 % when full.
         assert!(absent < 6_500, "{absent} false positives in 100 000");
         drop(f);
         let stats = filter.stats();
-        assert!(stats.keys <= n as u64 && stats.keys > n as u64 * 95 / 100, "{stats:?}");
+        assert!(stats.keys <= n && stats.keys > n * 95 / 100, "{stats:?}");
+        // Adding them again fills no generation.
+        add_all(&filter, 0..n);
+        assert_eq!(filter.stats(), stats);
     }
 
     #[test]
-    fn incomplete_or_over_budget_means_maybe() {
-        let incomplete = KeyFilter::new(Some(10), usize::MAX);
-        assert!(incomplete.lock().may_contain(b"never written"));
+    fn keys_added_during_the_scan_are_held_once_it_completes() {
+        let filter = KeyFilter::new(Some(10), usize::MAX);
+        let mut f = filter.lock();
+        assert!(f.may_contain(filter.hash(b"never written")), "incomplete: every key may be present");
+        assert!(f.add(filter.hash(b"written during the scan")), "incomplete: every key may be present");
+        f.0.complete = true;
+        assert!(f.may_contain(filter.hash(b"written during the scan")));
+        assert!(!f.add(filter.hash(b"a new key")));
+    }
+
+    #[test]
+    fn a_spent_budget_means_maybe_for_every_key() {
         let tiny = KeyFilter::new(None, 1024);
         assert!(tiny.stats().given_up);
-        let mut f = tiny.lock();
-        assert!(f.add(b"a"));
-        assert!(f.may_contain(b"never written"));
+        assert!(tiny.lock().add(tiny.hash(b"a")));
+        assert!(tiny.lock().may_contain(tiny.hash(b"never written")));
+
+        // Room for the first generation and half of the second.
+        let bytes = |n| fastbloom::optimal_size(n, FALSE_POSITIVE_RATE) / 8;
+        let budget = bytes(FIRST_CAPACITY) + bytes(FIRST_CAPACITY);
+        let filter = KeyFilter::new(None, budget);
+        add_all(&filter, 0..FIRST_CAPACITY as u64 * 3 / 2);
+        let stats = filter.stats();
+        assert!(!stats.given_up && stats.bytes <= budget as u64, "{stats:?}");
+        add_all(&filter, 0..FIRST_CAPACITY as u64 * 3);
+        assert!(filter.stats().given_up);
+        assert!(holds_all(&filter, 0..FIRST_CAPACITY as u64 * 3));
+        assert!(filter.lock().may_contain(filter.hash(b"never written")));
     }
 }

@@ -52,8 +52,8 @@ pub struct Options {
     pub memtable_bytes: u64,
     /// Memory budget of the in-memory key filter that lets a write of a new
     /// key skip reading its (absent) old record (default 64 MiB, about 8
-    /// bits per key: some 60 million keys). A store with more keys than
-    /// that reads every key before writing it, as with no filter.
+    /// bits per key: some 60 million keys). Once it is spent, every write
+    /// reads its key first, as with no filter.
     pub key_filter_bytes: usize,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
