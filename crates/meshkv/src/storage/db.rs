@@ -22,8 +22,10 @@ pub(crate) const MARKER_FILE: &str = "MESHKV";
 const MARKER_CONTENT: &str = "meshkv store\nformat 1\n";
 const ENGINE_DIR: &str = "engine";
 /// Sequence numbers reserved (durably) ahead of use. After a crash the node
-/// continues above the reservation, so no seq is ever handed out twice.
-pub(crate) const SEQ_RESERVATION: u64 = 1 << 16;
+/// continues above the reservation, so no seq is ever handed out twice. Each
+/// reservation `fdatasync`s everything buffered, so it is large; a clean
+/// close stores the exact last seq instead, so only a crash skips seqs.
+pub(crate) const SEQ_RESERVATION: u64 = 1 << 20;
 /// How far (in wall milliseconds) the persisted HLC ceiling runs ahead of
 /// the clock: a commit writes the ceiling only when the clock passes it,
 /// about once a second under steady writes instead of on every commit.
@@ -211,6 +213,25 @@ impl Db {
             return Ok(());
         }
         self.sync()
+    }
+}
+
+impl Drop for Inner {
+    /// A clean close: the reservation shrinks to the last seq handed out, so
+    /// the next open continues right after it instead of above the block.
+    fn drop(&mut self) {
+        let w = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+        let last = w.next_seq - 1;
+        if last >= w.reserved {
+            return;
+        }
+        let mut b =
+            fjall::OwnedWriteBatch::with_capacity(self.engine.clone(), 1).durability(Some(PersistMode::SyncData));
+        b.insert(&self.meta, keys::META_SEQ_RESERVED, keys::u64_value(last).to_vec());
+        if let Err(e) = b.commit() {
+            // The larger reservation stays: the next open skips the unused seqs.
+            tracing::debug!(error = %e, "could not store the exact seq reservation at close");
+        }
     }
 }
 
