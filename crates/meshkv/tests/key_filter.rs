@@ -41,6 +41,16 @@ fn assert_overwrites(before: &HashMap<u64, Record>, after: &HashMap<u64, Record>
     }
 }
 
+/// Overwrites every key and checks that each write found the record it
+/// replaced; returns the new records.
+fn overwrite_all(db: &Db, round: u32, before: &HashMap<u64, Record>) -> HashMap<u64, Record> {
+    write_all(db, round);
+    let after = records(db);
+    assert_overwrites(before, &after);
+    assert_one_log_entry_per_key(db);
+    after
+}
+
 fn assert_one_log_entry_per_key(db: &Db) {
     let report = db.verify().expect("verify");
     assert!(report.is_ok(), "{:?}", &report.problems[..report.problems.len().min(5)]);
@@ -108,22 +118,16 @@ fn overwrites_right_after_reopen_find_the_records_they_replace() {
     assert_one_log_entry_per_key(&db);
 
     // Once the filter is complete, overwrites still find their records.
-    write_all(&db, 3);
-    assert_overwrites(&after, &records(&db));
-    assert_one_log_entry_per_key(&db);
+    overwrite_all(&db, 3, &after);
 }
 
 #[test]
 fn a_filter_over_its_budget_reads_every_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = || Options { key_filter_bytes: 1024, ..Options::default() };
-    let db = Db::open(dir.path(), opts()).expect("open");
+    let db = Db::open(dir.path(), Options { key_filter_bytes: 1024, ..Options::default() }).expect("open");
     assert!(db.key_filter_stats().given_up);
     write_all(&db, 1);
-    let before = records(&db);
-    write_all(&db, 2);
-    assert_overwrites(&before, &records(&db));
-    assert_one_log_entry_per_key(&db);
+    overwrite_all(&db, 2, &records(&db));
 }
 
 #[test]

@@ -227,12 +227,7 @@ impl Db {
         let mut encoded = Vec::new();
         let mut removes_own = false;
         // Before the batch commits, so the filter never misses a stored key.
-        let hashes: Vec<u64> = touched.iter().filter(|t| t.old.is_none()).map(|t| inner.filter.hash(&t.key)).collect();
-        let mut filter = inner.filter.lock();
-        for h in hashes {
-            filter.add(h);
-        }
-        drop(filter);
+        inner.filter.add_all(touched.iter().filter(|t| t.old.is_none()).map(|t| t.key.as_slice()));
         for Touched { key, old, new, conflict } in touched {
             if old.as_ref() == Some(&new) {
                 changes.push(Change { key, record: new, conflict });

@@ -90,6 +90,22 @@ impl KeyFilter {
         self.hasher.hash_one(key)
     }
 
+    /// Adds `keys` under one lock (each hashed before it) and tells for each
+    /// whether it may have held a record before (`false` is certain).
+    pub(crate) fn add_all<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<bool> {
+        let hashes: Vec<u64> = keys.into_iter().map(|k| self.hash(k)).collect();
+        let mut f = self.lock();
+        hashes.into_iter().map(|h| f.add(h)).collect()
+    }
+
+    /// Whether each of `keys` may hold a record (`false` is certain), under
+    /// one lock.
+    pub(crate) fn may_contain_all<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<bool> {
+        let hashes: Vec<u64> = keys.into_iter().map(|k| self.hash(k)).collect();
+        let f = self.lock();
+        hashes.into_iter().map(|h| f.may_contain(h)).collect()
+    }
+
     /// Takes the filter for a batch of queries and inserts.
     pub(crate) fn lock(&self) -> FilterGuard<'_> {
         FilterGuard(self.state.lock().unwrap_or_else(|p| p.into_inner()))

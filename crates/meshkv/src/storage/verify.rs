@@ -45,7 +45,7 @@ impl Db {
             let (dkey, raw) = guard.into_inner()?;
             let key = keys::user_key(&dkey);
             report.records += 1;
-            if filter_complete && !inner.filter.lock().may_contain(inner.filter.hash(key)) {
+            if filter_complete && !inner.filter.may_contain_all([key])[0] {
                 report.problems.push(format!("key filter misses stored key {key:?}"));
             }
             let record = match decode(key, &raw) {

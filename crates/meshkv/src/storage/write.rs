@@ -96,11 +96,7 @@ impl Db {
         let data_keys: Vec<Slice> = ops.iter().map(|(k, _)| keys::data_slice(k)).collect();
         // Added before the batch commits, so the filter never misses a
         // stored key; a key certainly new skips the read of its record.
-        let hashes: Vec<u64> = ops.iter().map(|(k, _)| inner.filter.hash(k)).collect();
-        let present: Vec<bool> = {
-            let mut filter = inner.filter.lock();
-            hashes.into_iter().map(|h| filter.add(h)).collect()
-        };
+        let present = inner.filter.add_all(ops.iter().map(|(k, _)| k.as_slice()));
         let olds = self.read_records_where(&data_keys, &present)?;
         let mut encoded = Vec::new();
         for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
@@ -134,12 +130,7 @@ impl Db {
     /// Reads the current records of (data-keyspace) `keys`, skipping the
     /// keys the key filter knows hold none.
     pub(super) fn read_records<K: AsRef<[u8]> + Sync>(&self, keys: &[K]) -> Result<Vec<Option<Record>>> {
-        let filter = &self.inner.filter;
-        let hashes: Vec<u64> = keys.iter().map(|k| filter.hash(keys::user_key(k.as_ref()))).collect();
-        let present: Vec<bool> = {
-            let filter = filter.lock();
-            hashes.into_iter().map(|h| filter.may_contain(h)).collect()
-        };
+        let present = self.inner.filter.may_contain_all(keys.iter().map(|k| keys::user_key(k.as_ref())));
         self.read_records_where(keys, &present)
     }
 
