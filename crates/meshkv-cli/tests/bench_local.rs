@@ -74,3 +74,19 @@ fn bench_local_rejects_bad_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch sizes must be at least 1"));
 }
+
+#[test]
+fn bench_local_overwrite_times_a_second_pass() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshkv"))
+        .args(["bench", "local", "--json", "--overwrite", "--entries", "3000", "--batch-sizes", "100", "--runs", "1"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run meshkv");
+    assert!(out.status.success(), "meshkv bench local --overwrite failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["overwrite"], true);
+    assert_eq!(v["batch_size"], 100);
+    assert_ratio(&v, "overwrite");
+}

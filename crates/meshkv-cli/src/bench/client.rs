@@ -47,6 +47,11 @@ pub struct ClientArgs {
     /// Operations per measurement.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     ops: u64,
+    /// Operations of each sequential measurement [default: `--ops`]. On a
+    /// VM with slow thread wake-ups these dominate the run; a small number
+    /// leaves a profile of the in-flight and batched measurements.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    sequential_ops: Option<u64>,
     /// Requests in flight for the pipelined measurements.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     in_flight: u64,
@@ -156,11 +161,12 @@ async fn measure(
         v
     };
 
+    let seq_ops = args.sequential_ops.unwrap_or(ops);
     let c = &client;
     let (put_seq, pp_put_seq) =
-        alternating(ops, &mut pp, |i| async move { c.put(key_at(i).to_vec(), value(i)).await.map(|_| ()) }).await?;
+        alternating(seq_ops, &mut pp, |i| async move { c.put(key_at(i).to_vec(), value(i)).await.map(|_| ()) }).await?;
     let (get_seq, pp_get_seq) =
-        alternating(ops, &mut pp, |i| async move { c.get(key_at(i).to_vec()).await.map(|_| ()) }).await?;
+        alternating(seq_ops, &mut pp, |i| async move { c.get(key_at(i).to_vec()).await.map(|_| ()) }).await?;
     let pp_seq = 2.0 / (1.0 / pp_put_seq + 1.0 / pp_get_seq);
     let pp_in_flight = ops as f64 / pp.in_flight(ops, args.in_flight).await?.as_secs_f64();
     drop(pp);
@@ -198,6 +204,7 @@ async fn measure(
         "get_many_per_s": get_many,
         "machine": machine::describe(),
         "ops": ops,
+        "sequential_ops": seq_ops,
         "in_flight": args.in_flight,
         "value_size": args.value_size,
         "encrypted": args.secret,

@@ -9,6 +9,8 @@
 //! same durability. Only the write loop is timed (not opening, closing or
 //! deleting the store). Runs alternate raw/replicated in an ABBA pattern to
 //! spread machine noise evenly, and the best run of each is reported.
+//! With `--overwrite`, every key is written once before the timer starts
+//! and the timed loop writes them all again, scattered across batches.
 
 use super::machine;
 use super::timing::{Elapsed, Timer};
@@ -43,6 +45,11 @@ pub struct LocalArgs {
     /// Batch sizes to measure (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "1,1000")]
     batch_sizes: Vec<usize>,
+    /// Time overwrites instead of fresh keys: every key is written once
+    /// first (not timed), then written again in a scattered order, so each
+    /// batch replaces records written by many earlier batches.
+    #[arg(long)]
+    overwrite: bool,
     /// Runs per implementation and batch size (interleaved); the best is
     /// reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -220,7 +227,9 @@ pub fn run(args: LocalArgs) -> Result<()> {
             let order =
                 if run % 2 == 0 { [Target::Raw, Target::Replicated] } else { [Target::Replicated, Target::Raw] };
             for target in order {
-                let elapsed = measure(target, &workload, batch_size, args.durability, &base)?;
+                let setup =
+                    Setup { workload: &workload, batch_size, durability: args.durability, overwrite: args.overwrite };
+                let elapsed = measure(target, &setup, &base)?;
                 tracing::info!(
                     target = target.name(),
                     batch_size,
@@ -251,42 +260,47 @@ pub fn run(args: LocalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the workload once into a fresh store of `target` under `base` and
-/// returns the time the write loop took (on this thread).
-fn measure(
-    target: Target,
-    workload: &Workload,
+/// One measurement's parameters.
+struct Setup<'a> {
+    workload: &'a Workload,
     batch_size: usize,
     durability: DurabilityArg,
-    base: &Path,
-) -> Result<Elapsed> {
+    overwrite: bool,
+}
+
+/// Writes the workload once into a fresh store of `target` under `base` and
+/// returns the time the write loop took (on this thread).
+fn measure(target: Target, setup: &Setup, base: &Path) -> Result<Elapsed> {
     let tmp = tempfile::Builder::new()
         .prefix(&format!("meshkv-bench-{}-", target.name()))
         .tempdir_in(base)
         .with_context(|| format!("cannot create a temporary directory in {}", base.display()))?;
     match target {
-        Target::Replicated => measure_replicated(workload, batch_size, durability, tmp.path()),
-        Target::Raw => measure_raw(workload, batch_size, durability, tmp.path()),
+        Target::Replicated => measure_replicated(setup, tmp.path()),
+        Target::Raw => measure_raw(setup, tmp.path()),
     }
     // `tmp` is removed here, after the store was dropped.
 }
 
-fn measure_replicated(
-    workload: &Workload,
-    batch_size: usize,
-    durability: DurabilityArg,
-    dir: &Path,
-) -> Result<Elapsed> {
+fn measure_replicated(setup: &Setup, dir: &Path) -> Result<Elapsed> {
+    let Setup { workload, batch_size, durability, overwrite } = *setup;
     let opts = meshkv::Options::default().durability(durability.meshkv());
     let db = meshkv::Db::open(dir, opts).with_context(|| format!("cannot open meshkv store in {}", dir.display()))?;
-    let timer = Timer::start();
-    for range in workload.batches(batch_size) {
-        let mut batch = meshkv::Batch::new();
-        for i in range {
-            batch.put(workload.key(i), workload.value(i));
+    let write_all = |order: &dyn Fn(usize) -> usize| -> Result<()> {
+        for range in workload.batches(batch_size) {
+            let mut batch = meshkv::Batch::new();
+            for i in range.map(order) {
+                batch.put(workload.key(i), workload.value(i));
+            }
+            db.write(batch).context("meshkv write failed")?;
         }
-        db.write(batch).context("meshkv write failed")?;
+        Ok(())
+    };
+    if overwrite {
+        write_all(&|i| i)?;
     }
+    let timer = Timer::start();
+    write_all(&|i| timed_order(i, workload.len(), overwrite))?;
     let elapsed = timer.stop();
     if let Some(last) = workload.len().checked_sub(1) {
         let got = db.get(workload.key(last)).context("meshkv read-back failed")?;
@@ -295,7 +309,8 @@ fn measure_replicated(
     Ok(elapsed)
 }
 
-fn measure_raw(workload: &Workload, batch_size: usize, durability: DurabilityArg, dir: &Path) -> Result<Elapsed> {
+fn measure_raw(setup: &Setup, dir: &Path) -> Result<Elapsed> {
+    let Setup { workload, batch_size, durability, overwrite } = *setup;
     // Same block cache size as a meshkv store, so the engines are configured
     // alike; everything else is fjall's default.
     let cache = meshkv::Options::default().cache_bytes;
@@ -305,20 +320,38 @@ fn measure_raw(workload: &Workload, batch_size: usize, durability: DurabilityArg
         .with_context(|| format!("cannot open fjall database in {}", dir.display()))?;
     let ks = db.keyspace("data", KeyspaceCreateOptions::default).context("cannot open fjall keyspace")?;
     let mode = durability.persist_mode();
-    let timer = Timer::start();
-    for range in workload.batches(batch_size) {
-        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), range.len()).durability(mode);
-        for i in range {
-            batch.insert(&ks, workload.key(i), workload.value(i));
+    let write_all = |order: &dyn Fn(usize) -> usize| -> Result<()> {
+        for range in workload.batches(batch_size) {
+            let mut batch = OwnedWriteBatch::with_capacity(db.clone(), range.len()).durability(mode);
+            for i in range.map(order) {
+                batch.insert(&ks, workload.key(i), workload.value(i));
+            }
+            batch.commit().context("fjall batch commit failed")?;
         }
-        batch.commit().context("fjall batch commit failed")?;
+        Ok(())
+    };
+    if overwrite {
+        write_all(&|i| i)?;
     }
+    let timer = Timer::start();
+    write_all(&|i| timed_order(i, workload.len(), overwrite))?;
     let elapsed = timer.stop();
     if let Some(last) = workload.len().checked_sub(1) {
         let got = ks.get(workload.key(last)).context("fjall read-back failed")?;
         ensure!(got.as_deref() == Some(workload.value(last)), "fjall read-back returned the wrong value");
     }
     Ok(elapsed)
+}
+
+/// The key the `i`-th timed put writes: `i` itself, or for overwrites a
+/// permutation of `0..n` that scatters consecutive puts over the keys
+/// (multiplication by a prime that does not divide `n`).
+fn timed_order(i: usize, n: usize, overwrite: bool) -> usize {
+    const STRIDE: u64 = 1_000_003;
+    if !overwrite || (n as u64).is_multiple_of(STRIDE) {
+        return i;
+    }
+    ((i as u64 * STRIDE) % n as u64) as usize
 }
 
 /// The result whose numbers are repeated at the top level of the JSON: batch
@@ -339,6 +372,7 @@ fn report_json(args: &LocalArgs, base: &Path, machine: Value, results: &[BatchRe
         "durability": args.durability.name(),
         "engine_batch_durability": format!("{:?}", args.durability.persist_mode()),
         "runs": args.runs,
+        "overwrite": args.overwrite,
         "statistic": "best of runs (raw and replicated runs interleaved ABBA)",
         "cpu_time": "on-CPU time of the writing thread (/proc/thread-self/schedstat): excludes waiting for a CPU or for fsync and the engine's background threads",
         "results": results.iter().map(BatchResult::to_json).collect::<Vec<_>>(),

@@ -1,6 +1,7 @@
 //! Applying records received from peers: the merge of SPEC invariant 4,
 //! committed with the same atomicity as local writes.
 
+use super::changelog::{self, LogEdits};
 use super::db::{Db, Inner, WriterState};
 use super::error::{Error, Result};
 use super::feed::{Change, Conflict, Source};
@@ -10,7 +11,7 @@ use super::merge::merge;
 use super::options::KEY_LEN_CEILING;
 use super::read::decode;
 use super::record::Record;
-use crate::version::{Dot, NodeId, VersionVector};
+use crate::version::{Dot, NodeId, Seq, VersionVector};
 use fjall::{OwnedWriteBatch, PersistMode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -218,12 +219,7 @@ impl Db {
         let mut batch = inner.batch(touched.len() * 3 + raise.len());
         let mut ingestion: Vec<(fjall::Slice, fjall::Slice)> = Vec::new();
         let mut changes = Vec::with_capacity(touched.len());
-        // Log entries are inserted in log-key order: a batch's dots are
-        // scattered over the log (a key-order catch-up) and the engine's
-        // memtable is a skip list, whose inserts in ascending order revisit
-        // the same (cached) nodes instead of missing the cache at every level.
-        // Each op: the log key and, for an insert, the index of its key's change.
-        let mut log_ops: Vec<([u8; keys::LOG_KEY_LEN], Option<usize>)> = Vec::with_capacity(touched.len());
+        let mut log = LogEdits::new(inner.node_id);
         let mut encoded = Vec::new();
         let mut removes_own = false;
         // Before the batch commits, so the filter never misses a stored key.
@@ -236,10 +232,10 @@ impl Db {
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
                 removes_own |= d.origin == inner.node_id;
-                log_ops.push((keys::log_key(*d), None));
+                log.remove(*d);
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
-                log_ops.push((keys::log_key(d), Some(changes.len())));
+                log.add(d, &key);
             }
             // One copy of each key and record into engine slices.
             new.encode_into(&mut encoded);
@@ -268,13 +264,8 @@ impl Db {
             tables.finish()?;
             batch.remove(&inner.meta, META_INGEST);
         }
-        log_ops.sort_unstable_by_key(|op| op.0);
-        for (log_key, op) in log_ops {
-            match op {
-                Some(i) => batch.insert(&inner.log, &log_key[..], &changes[i].key[..]),
-                None => batch.remove(&inner.log, &log_key[..]),
-            }
-        }
+        // Own dots arriving from elsewhere may join existing blocks.
+        log.write_to(&inner.log, Seq::MAX, &mut batch, |d| inner.corrupt(d))?;
         if removes_own {
             // The newest own write may be leaving the log, from which open
             // recovers this node's own entry: persist the entry instead.
@@ -313,15 +304,22 @@ impl Db {
         };
         let _w = inner.lock_writer();
         let mut batch = inner.batch(1024);
+        let mut log = LogEdits::new(inner.node_id);
+        let now = inner.engine.snapshot();
         let mut entries = 0usize;
         for guard in inner.data.range(first..=last) {
             let (dkey, raw) = guard.into_inner()?;
             let user = keys::user_key(&dkey);
+            // The range can hold keys written before the ingestion, whose
+            // entries exist (own ones possibly in blocks).
             for dot in decode(user, &raw)?.dots() {
-                batch.insert(&inner.log, &keys::log_key(dot)[..], user);
-                entries += 1;
+                if changelog::lookup(&now, &inner.log, inner.node_id, dot, |d| inner.corrupt(d))?.is_none() {
+                    log.add(dot, user);
+                    entries += 1;
+                }
             }
         }
+        log.write_to(&inner.log, Seq::MAX, &mut batch, |d| inner.corrupt(d))?;
         batch.remove(&inner.meta, META_INGEST);
         batch.commit()?;
         tracing::info!(path = %inner.path.display(), entries, "completed an interrupted ingestion");

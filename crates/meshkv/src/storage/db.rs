@@ -1,6 +1,7 @@
 //! Opening a store: the directory layout, the node id, durable sequence
 //! numbers and the state shared by all handles.
 
+use super::changelog;
 use super::error::{Error, Result};
 use super::feed::Commit;
 use super::filter::{FilterScan, KeyFilter, KeyFilterStats};
@@ -19,7 +20,11 @@ use tokio::sync::broadcast;
 
 /// Name of the marker file that identifies a meshkv data directory.
 pub(crate) const MARKER_FILE: &str = "MESHKV";
-const MARKER_CONTENT: &str = "meshkv store\nformat 1\n";
+const MARKER_CONTENT: &str = "meshkv store\nformat 2\n";
+/// The marker of stores written before own dots were grouped in change-log
+/// blocks. Their log is readable as it is (it only lacks blocks); opening
+/// one upgrades the marker, so that older builds refuse the blocks to come.
+const MARKER_FORMAT_1: &str = "meshkv store\nformat 1\n";
 const ENGINE_DIR: &str = "engine";
 /// Sequence numbers reserved (durably) ahead of use. After a crash the node
 /// continues above the reservation, so no seq is ever handed out twice. Each
@@ -83,8 +88,12 @@ impl Db {
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
         let opts = opts.normalized();
-        prepare_dir(&path)?;
+        let older_format = prepare_dir(&path)?;
         let engine = open_engine(&path, &opts)?;
+        if older_format {
+            install_marker(&path)?;
+            tracing::info!(path = %path.display(), "upgraded the store's format marker to format 2");
+        }
         let corrupt = |e: fjall::Error| Error::Corrupt { path: path.clone(), detail: format!("{e:?}") };
         // The engine stores these sizes with a keyspace when it creates it
         // and uses the stored ones from then on.
@@ -115,7 +124,8 @@ impl Db {
         // recover as a prefix, and a local write leaves older own entries
         // below its own). A remote write that removes own entries stores the
         // own `vv` key in its batch, so the maximum of both is exact.
-        vv.raise(node_id, last_own_seq(&log, node_id).map_err(corrupt)?);
+        let corrupt_log = |detail: &str| Error::Corrupt { path: path.clone(), detail: detail.into() };
+        vv.raise(node_id, changelog::last_seq(&log, node_id, corrupt_log)?);
         let next_seq = vv.get(node_id).max(reserved) + 1;
         // Taken before any write of this open can land: the scan adds what
         // was stored before, writers add what they create.
@@ -242,18 +252,13 @@ impl Inner {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A corruption error for this store.
+    pub(crate) fn corrupt(&self, detail: &str) -> Error {
+        Error::Corrupt { path: self.path.clone(), detail: detail.into() }
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.opts.clock.now_ms()
-    }
-}
-
-/// The highest seq of `node`'s own writes in the change log (0 if none).
-fn last_own_seq(log: &Keyspace, node: NodeId) -> fjall::Result<Seq> {
-    let lo = keys::log_key(crate::version::Dot::new(node, 0));
-    let hi = keys::log_key(crate::version::Dot::new(node, Seq::MAX));
-    match log.range(lo..=hi).next_back() {
-        None => Ok(0),
-        Some(guard) => Ok(keys::parse_log_key(&guard.key()?).map_or(0, |d| d.seq)),
     }
 }
 
@@ -276,7 +281,9 @@ fn read_vv(path: &Path, iter: fjall::Iter) -> Result<VersionVector> {
 }
 
 /// Creates the directory and its marker, or checks an existing one.
-fn prepare_dir(path: &Path) -> Result<()> {
+/// Returns whether the marker is of an older format to upgrade once the
+/// store is locked.
+fn prepare_dir(path: &Path) -> Result<bool> {
     let io = |context: &str| {
         let context = format!("{context} {}", path.display());
         move |source| Error::Io { context, source }
@@ -284,7 +291,8 @@ fn prepare_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(io("cannot create data directory"))?;
     let marker = path.join(MARKER_FILE);
     match fs::read(&marker) {
-        Ok(content) if content == MARKER_CONTENT.as_bytes() => Ok(()),
+        Ok(content) if content == MARKER_CONTENT.as_bytes() => Ok(false),
+        Ok(content) if content == MARKER_FORMAT_1.as_bytes() => Ok(true),
         Ok(_) => Err(Error::Corrupt {
             path: path.to_path_buf(),
             detail: format!("{MARKER_FILE} marker has unknown content or format version"),
@@ -297,15 +305,24 @@ fn prepare_dir(path: &Path) -> Result<()> {
                     reason: format!("the directory is not empty and has no {MARKER_FILE} marker"),
                 });
             }
-            let tmp = path.join(format!("{MARKER_FILE}.tmp"));
-            let mut f = fs::File::create(&tmp).map_err(io("cannot create marker in"))?;
-            f.write_all(MARKER_CONTENT.as_bytes()).map_err(io("cannot write marker in"))?;
-            f.sync_all().map_err(io("cannot sync marker in"))?;
-            fs::rename(&tmp, &marker).map_err(io("cannot install marker in"))?;
-            fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
+            install_marker(path).map(|()| false)
         }
         Err(e) => Err(io("cannot read marker in")(e)),
     }
+}
+
+/// Writes the current marker atomically (a new file renamed over the old).
+fn install_marker(path: &Path) -> Result<()> {
+    let io = |context: &str| {
+        let context = format!("{context} {}", path.display());
+        move |source| Error::Io { context, source }
+    };
+    let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io("cannot create marker in"))?;
+    f.write_all(MARKER_CONTENT.as_bytes()).map_err(io("cannot write marker in"))?;
+    f.sync_all().map_err(io("cannot sync marker in"))?;
+    fs::rename(&tmp, path.join(MARKER_FILE)).map_err(io("cannot install marker in"))?;
+    fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
 }
 
 fn open_engine(path: &Path, opts: &Options) -> Result<Database> {

@@ -14,6 +14,7 @@
 //! See docs/ALGORITHM.md §5 for how replication picks the order and resumes
 //! an interrupted stream in either.
 
+use super::changelog;
 use super::db::Db;
 use super::error::{Error, Result};
 use super::keys;
@@ -22,6 +23,7 @@ use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
 use fjall::Readable;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 
 /// How far a catch-up stream got: everything before this point in the
 /// stream's order has been returned (or was skipped as already held).
@@ -93,7 +95,7 @@ impl Snapshot {
     /// memory. After applying all of it, a peer may raise its version vector
     /// to [`ChangesSince::version_vector`].
     pub fn changes_since(self, since: &VersionVector) -> Result<ChangesSince> {
-        let walk = Walk::Log { iter: None, next_origin: Some(0) };
+        let walk = Walk::Log { iter: None, next_origin: Some(0), pending: VecDeque::new() };
         ChangesSince::new(self, since, walk)
     }
 
@@ -127,7 +129,8 @@ impl Snapshot {
     /// The current record written by `dot` in this snapshot.
     pub fn entry(&self, origin: NodeId, seq: u64) -> Result<Option<(Vec<u8>, Record)>> {
         let dot = Dot::new(origin, seq);
-        let Some(key) = self.snap.get(&self.db.log, keys::log_key(dot))? else {
+        let Some(key) = changelog::lookup(&self.snap, &self.db.log, self.db.node_id, dot, |d| self.db.corrupt(d))?
+        else {
             return Ok(None);
         };
         let record = self.get_record(&key)?;
@@ -141,6 +144,8 @@ enum Walk {
         iter: Option<fjall::Iter>,
         /// Smallest origin not yet scanned; `None` once all are.
         next_origin: Option<u64>,
+        /// Dots (and keys) of the current log entry not yet returned.
+        pending: VecDeque<(Dot, Vec<u8>)>,
     },
     /// The whole data keyspace.
     Key { iter: fjall::Iter, skip: Option<KeySkip> },
@@ -202,39 +207,45 @@ impl ChangesSince {
 
     /// Opens the log range of the next origin present in the log.
     fn advance_origin(&mut self) -> Result<bool> {
-        let Walk::Log { iter, next_origin } = &mut self.walk else { return Ok(false) };
+        let Walk::Log { iter, next_origin, .. } = &mut self.walk else { return Ok(false) };
         let Some(from) = *next_origin else { return Ok(false) };
-        let start = keys::log_key(Dot::new(NodeId(from), 0));
+        let start = changelog::range(NodeId(from), 0).into_inner().0;
         let db = &self.snap.db;
         let Some(first) = self.snap.snap.range(&db.log, start..).next() else {
             *next_origin = None;
             return Ok(false);
         };
         let key = first.key()?;
-        let Some(dot) = keys::parse_log_key(&key) else { return Err(self.corrupt("malformed change-log key")) };
-        let origin = dot.origin;
+        let Some(origin) = changelog::origin_of(&key) else { return Err(self.corrupt("malformed change-log key")) };
         *next_origin = origin.0.checked_add(1);
-        let lo = keys::log_key(Dot::new(origin, self.since.get(origin).saturating_add(1)));
-        let hi = keys::log_key(Dot::new(origin, u64::MAX));
-        *iter = Some(self.snap.snap.range(&db.log, lo..=hi));
+        let from = self.since.get(origin).saturating_add(1);
+        *iter = Some(self.snap.snap.range(&db.log, changelog::range(origin, from)));
         Ok(true)
     }
 
     fn next_in_log_order(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
         loop {
-            let Walk::Log { iter, .. } = &mut self.walk else { return Ok(None) };
-            let Some(it) = iter.as_mut() else {
-                if !self.advance_origin()? {
-                    return Ok(None);
-                }
+            let Walk::Log { iter, pending, .. } = &mut self.walk else { return Ok(None) };
+            let Some((dot, key)) = pending.pop_front() else {
+                let Some(it) = iter.as_mut() else {
+                    if !self.advance_origin()? {
+                        return Ok(None);
+                    }
+                    continue;
+                };
+                let Some(guard) = it.next() else {
+                    *iter = None;
+                    continue;
+                };
+                let (lk, value) = guard.into_inner()?;
+                let Some(dots) = changelog::decode_entry(&lk, &value) else {
+                    return Err(self.snap.db.corrupt("malformed change-log entry"));
+                };
+                // A block can start below the range's first seq.
+                let since = &self.since;
+                pending.extend(dots.into_iter().filter(|(d, _)| !since.contains(*d)).map(|(d, k)| (d, k.to_vec())));
                 continue;
             };
-            let Some(guard) = it.next() else {
-                *iter = None;
-                continue;
-            };
-            let (lk, key) = guard.into_inner()?;
-            let dot = keys::parse_log_key(&lk).ok_or_else(|| self.corrupt("malformed change-log key"))?;
             let Some(record) = self.snap.get_record(&key)? else {
                 return Err(self.corrupt("change-log entry points to a missing record"));
             };
@@ -246,7 +257,7 @@ impl ChangesSince {
             let first_uncovered = record.dots().filter(|d| !self.since.contains(*d)).min();
             if first_uncovered == Some(dot) {
                 self.last_dot = Some(dot);
-                return Ok(Some((key.to_vec(), record)));
+                return Ok(Some((key, record)));
             }
         }
     }

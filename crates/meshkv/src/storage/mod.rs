@@ -2,6 +2,7 @@
 //! the merge and the change feed, on the fjall LSM engine.
 
 mod apply;
+mod changelog;
 mod db;
 mod error;
 mod feed;

@@ -1,6 +1,7 @@
 //! Integrity check of the invariants that tie records, change log and
 //! version vector together (SPEC invariants 1 and 2).
 
+use super::changelog;
 use super::db::Db;
 use super::error::Result;
 use super::keys;
@@ -13,8 +14,10 @@ use fjall::Readable;
 pub struct IntegrityReport {
     /// Records (keys) in the data keyspace, tombstones included.
     pub records: u64,
-    /// Entries in the change log.
+    /// Dots in the change log (one per current version).
     pub log_entries: u64,
+    /// Entries among them holding a block of this node's own dots.
+    pub log_blocks: u64,
     /// Highest sequence number of this node found in any record.
     pub max_own_seq: Seq,
     /// Human-readable descriptions of every violation found.
@@ -41,6 +44,7 @@ impl Db {
         let snap = &snapshot.snap;
         let mut report = IntegrityReport::default();
         let filter_complete = inner.filter.lock().is_complete();
+        let mut versions = 0u64;
         for guard in snap.iter(&inner.data) {
             let (dkey, raw) = guard.into_inner()?;
             let key = keys::user_key(&dkey);
@@ -55,12 +59,13 @@ impl Db {
                     continue;
                 }
             };
+            versions += record.versions().len() as u64;
             for (i, v) in record.versions().iter().enumerate() {
                 if v.dot.origin == inner.node_id {
                     report.max_own_seq = report.max_own_seq.max(v.dot.seq);
                 }
-                match snap.get(&inner.log, keys::log_key(v.dot))? {
-                    Some(k) if *k == *key => {}
+                match changelog::lookup(snap, &inner.log, inner.node_id, v.dot, |d| inner.corrupt(d))? {
+                    Some(k) if k == key => {}
                     Some(_) => report.problems.push(format!("log entry {} points to another key", v.dot)),
                     None => report.problems.push(format!("record {key:?} version {} has no log entry", v.dot)),
                 }
@@ -70,16 +75,26 @@ impl Db {
             }
         }
         for guard in snap.iter(&inner.log) {
-            let (lk, key) = guard.into_inner()?;
-            report.log_entries += 1;
-            let Some(dot) = keys::parse_log_key(&lk) else {
-                report.problems.push(format!("malformed log key {lk:?}"));
+            let (lk, value) = guard.into_inner()?;
+            let Some(dots) = changelog::decode_entry(&lk, &value) else {
+                report.problems.push(format!("malformed log entry {lk:?}"));
                 continue;
             };
-            let current = snapshot.get_record(&key)?.is_some_and(|r| r.has_dot(dot));
-            if !current {
-                report.problems.push(format!("log entry {dot} points to a missing or superseded record"));
+            report.log_blocks += u64::from(lk.len() != keys::LOG_KEY_LEN);
+            for (dot, key) in dots {
+                report.log_entries += 1;
+                if dot.origin != inner.node_id && lk.len() != keys::LOG_KEY_LEN {
+                    report.problems.push(format!("log entry {dot} of another node is in a block"));
+                }
+                let current = snapshot.get_record(key)?.is_some_and(|r| r.has_dot(dot));
+                if !current {
+                    report.problems.push(format!("log entry {dot} points to a missing or superseded record"));
+                }
             }
+        }
+        if report.log_entries != versions {
+            let n = report.log_entries;
+            report.problems.push(format!("the log holds {n} dots for {versions} current versions"));
         }
         let vv = snapshot.version_vector()?;
         let own = Dot::new(inner.node_id, report.max_own_seq);

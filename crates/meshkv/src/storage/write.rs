@@ -3,6 +3,7 @@
 //! supersedes (SPEC invariants 1 and 2). The node's own version-vector
 //! entry is not written: it is recovered from the change log at open.
 
+use super::changelog::{self, LogEdits};
 use super::db::{Db, Inner, WriterState, HLC_RESERVATION_MS, SEQ_RESERVATION};
 use super::error::{Error, Result};
 use super::feed::{Change, Commit, Source};
@@ -88,7 +89,7 @@ impl Db {
         let mut w = inner.lock_writer();
         inner.reserve_seqs(&mut w, ops.len() as u64)?;
         let node = inner.node_id;
-        let mut batch = inner.batch(ops.len() * 3 + 1);
+        let mut batch = inner.batch(ops.len() + ops.len() / 4 + 4);
         // Nobody can subscribe and snapshot in between: both take this lock.
         let publish = inner.feed.receiver_count() > 0;
         let mut changes = Vec::with_capacity(if publish { ops.len() } else { 0 });
@@ -99,6 +100,9 @@ impl Db {
         let present = inner.filter.add_all(ops.iter().map(|(k, _)| k.as_slice()));
         let olds = self.read_records_where(&data_keys, &present)?;
         let mut encoded = Vec::new();
+        let mut log = LogEdits::new(node);
+        // Every own dot stored so far is below `next_seq`.
+        let fresh = changelog::block_first(w.next_seq + changelog::BLOCK_LEN - 1);
         for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
             let dot = Dot::new(node, w.next_seq);
@@ -106,16 +110,17 @@ impl Db {
             let record = Record::single(Version { dot, hlc: w.clock.tick(now), deps, value });
             if let Some(old) = &old {
                 for d in old.dots() {
-                    batch.remove(&inner.log, keys::log_key(d));
+                    log.remove(d);
                 }
             }
-            batch.insert(&inner.log, keys::log_key(dot), &key[..]);
+            log.add(dot, &key);
             record.encode_into(&mut encoded);
             batch.insert(&inner.data, data_key, &encoded[..]);
             if publish {
                 changes.push(Change { key, record, conflict: None });
             }
         }
+        log.write_to(&inner.log, fresh, &mut batch, |d| inner.corrupt(d))?;
         let ceiling = inner.reserve_hlc(&w, &mut batch);
         batch.commit()?;
         let last = Dot::new(node, w.next_seq - 1);
