@@ -15,7 +15,7 @@ pub use session::{ServerOptions, WriteHook};
 
 use crate::protocol::{codec, CloseReason, LinkConfig, Mode};
 use crate::secure::Security;
-use crate::storage::{Conflict, Db, FeedError};
+use crate::storage::{Conflict, ConflictEvent, Db, FeedError};
 use crate::version::NodeId;
 use connection::ConnCtx;
 use registry::Registry;
@@ -290,34 +290,27 @@ impl Drop for Node {
     }
 }
 
-/// Republishes conflicts from the change feed as node events.
+/// Republishes the conflicts merges settle as node events.
 async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shutdown: watch::Receiver<bool>) {
     const LAG_WARN_INTERVAL: Duration = Duration::from_secs(10);
-    let mut feed = db.subscribe(crate::KeyRange::all());
+    let mut conflicts = db.subscribe_conflicts();
     let (mut dropped, mut last_warned) = (0u64, None);
     loop {
-        let commit = tokio::select! {
-            c = feed.recv_commit() => c,
+        let event = tokio::select! {
+            e = conflicts.recv() => e,
             _ = shutdown.changed() => return,
         };
-        match commit {
-            Ok(commit) => {
-                for change in &commit.changes {
-                    if let Some(conflict) = &change.conflict {
-                        tracing::debug!(key = ?String::from_utf8_lossy(&change.key), ?conflict, "conflict settled");
-                        let _ =
-                            events.send(NodeEvent::Conflict { key: change.key.clone(), conflict: conflict.clone() });
-                    }
-                }
+        match event {
+            Ok(event) => {
+                let ConflictEvent { key, conflict } = &*event;
+                tracing::debug!(key = ?String::from_utf8_lossy(key), ?conflict, "conflict settled");
+                let _ = events.send(NodeEvent::Conflict { key: key.clone(), conflict: conflict.clone() });
             }
             Err(FeedError::Lagged { missed }) => {
-                // Under a write burst this repeats; say it once per interval.
+                // Under a storm of conflicts this repeats; say it once per interval.
                 dropped += missed;
                 if last_warned.is_none_or(|t: Instant| t.elapsed() >= LAG_WARN_INTERVAL) {
-                    tracing::warn!(
-                        missed = dropped,
-                        "conflict events dropped: the feed lagged (conflicts are still counted)"
-                    );
+                    tracing::warn!(missed = dropped, "conflict events dropped (conflicts are still counted)");
                     dropped = 0;
                     last_warned = Some(Instant::now());
                 }

@@ -3,7 +3,7 @@
 
 use super::changelog;
 use super::error::{Error, Result};
-use super::feed::Commit;
+use super::feed::{Commit, ConflictEvent, CONFLICT_FEED_CAPACITY};
 use super::filter::{FilterScan, KeyFilter, KeyFilterStats};
 use super::keys;
 use super::options::Options;
@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) opts: Options,
     pub(crate) writer: Mutex<WriterState>,
     pub(crate) feed: broadcast::Sender<Arc<Commit>>,
+    /// Conflicts only (storage/feed.rs, `ConflictSubscription`).
+    pub(crate) conflict_feed: broadcast::Sender<Arc<ConflictEvent>>,
     pub(crate) conflicts: AtomicU64,
     /// Own writes up to this seq are known to be on stable storage.
     pub(crate) durable_seq: AtomicU64,
@@ -140,6 +142,7 @@ impl Db {
             ),
         };
         let (feed, _) = broadcast::channel(opts.feed_capacity);
+        let (conflict_feed, _) = broadcast::channel(CONFLICT_FEED_CAPACITY);
         tracing::debug!(path = %path.display(), %node_id, next_seq, %vv, "opened store");
         let db = Db {
             inner: Arc::new(Inner {
@@ -158,6 +161,7 @@ impl Db {
                     commit_id: 0,
                 }),
                 feed,
+                conflict_feed,
                 conflicts: AtomicU64::new(0),
                 durable_seq: AtomicU64::new(0),
                 filter,

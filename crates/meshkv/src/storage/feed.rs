@@ -149,6 +149,39 @@ impl Subscription {
     }
 }
 
+/// A conflict settled by a merge, as published to
+/// [`Db::subscribe_conflicts`](super::Db::subscribe_conflicts).
+#[derive(Clone, Debug)]
+pub struct ConflictEvent {
+    /// The key written concurrently.
+    pub key: Vec<u8>,
+    /// Which version won and which lost.
+    pub conflict: Conflict,
+}
+
+/// Conflicts held per conflict subscriber before it is told it lagged.
+pub(crate) const CONFLICT_FEED_CAPACITY: usize = 1024;
+
+/// A live stream of the conflicts merges settle, apart from the change
+/// feed: a subscriber costs nothing until a conflict happens, and a burst of
+/// writes does not make it lag.
+pub struct ConflictSubscription {
+    rx: broadcast::Receiver<Arc<ConflictEvent>>,
+}
+
+impl ConflictSubscription {
+    pub(crate) fn new(rx: broadcast::Receiver<Arc<ConflictEvent>>) -> Self {
+        ConflictSubscription { rx }
+    }
+
+    /// Waits for the next conflict. [`FeedError::Lagged`] counts conflicts
+    /// dropped for this subscriber (they are still counted by
+    /// [`Db::conflict_count`](super::Db::conflict_count)).
+    pub async fn recv(&mut self) -> Result<Arc<ConflictEvent>, FeedError> {
+        self.rx.recv().await.map_err(recv_err)
+    }
+}
+
 fn recv_err(e: RecvError) -> FeedError {
     match e {
         RecvError::Lagged(missed) => FeedError::Lagged { missed },

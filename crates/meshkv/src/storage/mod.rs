@@ -21,7 +21,7 @@ mod write;
 pub use apply::{ApplyContext, ApplyReport};
 pub use db::Db;
 pub use error::{Error, Result};
-pub use feed::{Change, Commit, Conflict, FeedError, Source, Subscription};
+pub use feed::{Change, Commit, Conflict, ConflictEvent, ConflictSubscription, FeedError, Source, Subscription};
 pub use filter::KeyFilterStats;
 pub use log::{ChangesSince, KeySkip, Position, ResumePoint};
 pub use options::{Durability, Options, KEY_LEN_CEILING, VALUE_LEN_CEILING};
@@ -37,5 +37,11 @@ impl Db {
     /// replicated, starting now.
     pub fn subscribe(&self, range: KeyRange) -> Subscription {
         Subscription::new(self.inner.feed.subscribe(), range)
+    }
+
+    /// A live stream of the conflicts that merges settle from now on
+    /// (the same ones the change feed marks in [`Change::conflict`]).
+    pub fn subscribe_conflicts(&self) -> ConflictSubscription {
+        ConflictSubscription::new(self.inner.conflict_feed.subscribe())
     }
 }

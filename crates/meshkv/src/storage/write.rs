@@ -6,7 +6,7 @@
 use super::changelog::{self, LogEdits};
 use super::db::{Db, Inner, WriterState, HLC_RESERVATION_MS, SEQ_RESERVATION};
 use super::error::{Error, Result};
-use super::feed::{Change, Commit, Source};
+use super::feed::{Change, Commit, ConflictEvent, Source};
 use super::keys;
 use super::options::Durability;
 use super::read::decode;
@@ -245,6 +245,15 @@ impl Inner {
     /// order is commit order).
     pub(crate) fn publish(&self, w: &mut WriterState, source: Source, from: Option<NodeId>, changes: Vec<Change>) {
         w.commit_id += 1;
+        if self.conflict_feed.receiver_count() > 0 {
+            for c in &changes {
+                if let Some(conflict) = &c.conflict {
+                    let event = ConflictEvent { key: c.key.clone(), conflict: conflict.clone() };
+                    // An error only means nobody is subscribed any more.
+                    let _ = self.conflict_feed.send(Arc::new(event));
+                }
+            }
+        }
         if self.feed.receiver_count() == 0 {
             return;
         }
