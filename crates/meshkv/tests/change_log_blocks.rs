@@ -3,6 +3,7 @@
 //! supersede dots inside a block shrink it, and the log still holds exactly
 //! one dot per current version, readable by dot and in log order.
 
+use meshkv::storage::Position;
 use meshkv::{Batch, Db, Options, VersionVector};
 use std::collections::BTreeMap;
 
@@ -10,8 +11,9 @@ fn key(i: u32) -> Vec<u8> {
     format!("key{i:05}").into_bytes()
 }
 
-/// Checks the integrity report and that a full log-order catch-up returns
-/// exactly `expected`, each key once.
+/// Checks the integrity report, that a full log-order catch-up returns
+/// exactly `expected`, each key once, and that catch-ups from cut points
+/// inside blocks return what lies above the cut, in ascending dot order.
 fn assert_consistent(db: &Db, expected: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
     let report = db.verify().expect("verify");
     assert!(report.is_ok(), "{:?}", report.problems);
@@ -22,6 +24,29 @@ fn assert_consistent(db: &Db, expected: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
         assert!(seen.insert(k, record.value().map(<[u8]>::to_vec)).is_none(), "a key came twice");
     }
     assert_eq!(&seen, expected);
+    let own = db.node_id();
+    for cut in (0..db.version_vector().get(own)).step_by(23) {
+        let mut since = VersionVector::new();
+        for (origin, seq) in db.version_vector().iter().filter(|(o, _)| *o != own) {
+            since.raise(origin, seq);
+        }
+        since.raise(own, cut);
+        let mut stream = db.changes_since(&since).expect("changes_since");
+        let mut dots = Vec::new();
+        while let Some(item) = stream.next() {
+            item.expect("item");
+            if let Some(Position::Log(dot)) = stream.stream_position() {
+                dots.push(dot);
+            }
+        }
+        // Origin by origin, each in ascending seq order.
+        assert!(dots.windows(2).all(|w| w[0] < w[1]), "cut {cut}: not in ascending order: {dots:?}");
+        let own_dots = dots.iter().filter(|d| d.origin == own).count();
+        let above = (0..=db.version_vector().get(own))
+            .filter(|&s| s > cut && db.entry(own, s).expect("entry").is_some())
+            .count();
+        assert_eq!(own_dots, above, "cut {cut}: every current own dot above the cut, once");
+    }
 }
 
 #[test]
@@ -50,6 +75,7 @@ fn overwrites_and_deletes_shrink_blocks_until_they_go() {
         expected.insert(key(i), Some(b"again".to_vec()));
     }
     assert!(db.entry(db.node_id(), first_dot).expect("entry").is_none(), "overwritten dot left the log");
+    assert_consistent(&db, &expected);
     let mut deletes = Batch::new();
     for i in (0..1000).step_by(7) {
         deletes.delete(key(i));
@@ -70,9 +96,19 @@ fn overwrites_and_deletes_shrink_blocks_until_they_go() {
     assert_consistent(&db, &expected);
     let blocks = db.verify().expect("verify").log_blocks;
     assert!((60..=63).contains(&blocks), "only the newest batch's blocks remain: {blocks}");
+    assert!(db.entry(db.node_id(), first_dot + 1).expect("entry").is_none(), "its old blocks went");
 
-    // The newest own seq is recovered from a block at reopen.
-    let newest = db.version_vector().get(db.node_id());
+    // A batch ending on a block boundary: the newest own seq is in a block,
+    // and reopening recovers the node's own version-vector entry from it.
+    let next = db.version_vector().get(db.node_id()) + 1;
+    let mut last_batch = Batch::new();
+    for i in 0..(16 - next % 16) + 32 {
+        last_batch.put(format!("tail{i}"), "t");
+        expected.insert(format!("tail{i}").into_bytes(), Some(b"t".to_vec()));
+    }
+    let newest = db.write(last_batch).expect("write").expect("a dot").seq;
+    assert_eq!(newest % 16, 15, "the batch ends a block");
+    let newest = db.version_vector().get(db.node_id()).max(newest);
     drop(db);
     let db = Db::open(dir.path(), Options::default()).expect("reopen");
     assert_eq!(db.version_vector().get(db.node_id()), newest);

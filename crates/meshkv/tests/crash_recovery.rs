@@ -123,7 +123,12 @@ fn random_value(rng: &mut StdRng, tag: &str) -> Vec<u8> {
 }
 
 fn random_op(rng: &mut StdRng, tag: &str) -> Op {
-    let count = if rng.random_ratio(15, 100) { rng.random_range(2..=5) } else { 1 };
+    // Batches of 16 or more hold whole blocks of change-log entries.
+    let count = match rng.random_range(0..100) {
+        0..10 => rng.random_range(2..=5),
+        10..15 => rng.random_range(16..=40),
+        _ => 1,
+    };
     let mut keys = Vec::with_capacity(count);
     while keys.len() < count {
         let k = rng.random_range(0..KEYS);

@@ -264,7 +264,7 @@ impl Db {
             tables.finish()?;
             batch.remove(&inner.meta, META_INGEST);
         }
-        // Own dots arriving from elsewhere may join existing blocks.
+        // Merges never form blocks; own dots that come back join existing ones.
         log.write_to(&inner.log, Seq::MAX, &mut batch, |d| inner.corrupt(d))?;
         if removes_own {
             // The newest own write may be leaving the log, from which open
@@ -291,9 +291,9 @@ impl Db {
 
     /// Completes an ingestion interrupted before its change-log entries were
     /// committed (called by [`Db::open`]). Its keys held no record before it,
-    /// and every record in its key range is current, so inserting the log
-    /// entry of every version found in that range restores I2; entries that
-    /// already exist are rewritten unchanged.
+    /// and every record in its key range is current, so adding the log
+    /// entry of every version found in that range restores I2; versions
+    /// whose entry exists (keys written before the ingestion) are skipped.
     pub(crate) fn finish_ingestion(&self) -> Result<()> {
         let inner = &*self.inner;
         let Some(raw) = inner.meta.get(META_INGEST)? else { return Ok(()) };

@@ -8,9 +8,9 @@
 //!   seq ‖ BLOCK_TAG`, value the block's current dots with their user
 //!   keys. A batch of n puts then writes about n / `BLOCK_LEN` log entries
 //!   instead of n, which was most of what a replicated put cost over a raw
-//!   engine put (BENCHMARKS.md, `bench local`). A block only shrinks: a
-//!   superseded dot is removed from it by rewriting it, and no dot of its
-//!   range ever has an entry of its own.
+//!   engine put (BENCHMARKS.md, `bench local`). A superseded dot is
+//!   removed from its block by rewriting it, and no dot of a block's range
+//!   ever has an entry of its own.
 //!
 //! Both forms sort by origin, then seq, so a range of the log is still the
 //! dots of one origin in seq order.
@@ -166,9 +166,10 @@ impl LogEdits {
     /// Adds the edits to `batch` (the last edit of a dot wins). Every own
     /// dot stored so far must be below `fresh`: then all [`BLOCK_LEN`] dots
     /// of an aligned block at or above it, added here, are stored as one
-    /// block; other adds get entries of their own. A removed own dot is
-    /// looked for in its block first, as of now (the caller holds the
-    /// writer lock, so nothing changes the log meanwhile).
+    /// block. Only a block entirely below `fresh` can exist: an own dot of
+    /// its range (removed, or added again by a merge) is looked for in it
+    /// first, as of now (the caller holds the writer lock, so nothing
+    /// changes the log meanwhile); other dots have entries of their own.
     pub fn write_to(
         mut self,
         log: &Keyspace,
@@ -199,31 +200,43 @@ impl LogEdits {
                 batch.insert(log, &block_key(self.own, first)[..], encode_block(entries));
                 continue;
             }
-            let removes_own = own && first < fresh && group.iter().any(|x| x.key.is_none());
+            // No overflow: `first` is aligned.
+            let may_exist = own && first + (BLOCK_LEN - 1) < fresh;
             let bkey = block_key(self.own, first);
             let mut block: Option<Vec<(u8, Vec<u8>)>> = None;
-            if removes_own {
+            if may_exist {
                 if let Some(raw) = log.get(bkey)? {
                     let entries = decode_block(&raw).ok_or_else(|| corrupt("malformed change-log block"))?;
                     block = Some(entries.into_iter().map(|(off, k)| (off, k.to_vec())).collect());
                 }
             }
-            let mut shrunk = false;
+            let mut changed = false;
             for x in group {
                 let off = (x.dot.seq - first) as u8;
-                let in_block = block.as_mut().and_then(|b| b.iter().position(|(o, _)| *o == off).map(|i| (b, i)));
-                match (x.key, in_block) {
-                    (None, Some((b, i))) => {
+                let at = block.as_ref().map(|b| b.binary_search_by_key(&off, |e| e.0));
+                match (block.as_mut(), at, x.key) {
+                    (Some(b), Some(Ok(i)), None) => {
                         b.remove(i);
-                        shrunk = true;
+                        changed = true;
                     }
-                    (None, None) => batch.remove(log, &keys::log_key(x.dot)[..]),
-                    (Some(r), _) => batch.insert(log, &keys::log_key(x.dot)[..], key(r)),
+                    // A dot of an existing block's range lives in the block:
+                    // an own write a peer sends back (say, after a restore
+                    // from an old backup) joins it, keeping the log in seq order.
+                    (Some(b), Some(Ok(i)), Some(r)) => {
+                        b[i].1 = key(r).to_vec();
+                        changed = true;
+                    }
+                    (Some(b), Some(Err(i)), Some(r)) => {
+                        b.insert(i, (off, key(r).to_vec()));
+                        changed = true;
+                    }
+                    (_, _, None) => batch.remove(log, &keys::log_key(x.dot)[..]),
+                    (_, _, Some(r)) => batch.insert(log, &keys::log_key(x.dot)[..], key(r)),
                 }
             }
             match block {
-                Some(b) if shrunk && b.is_empty() => batch.remove(log, &bkey[..]),
-                Some(b) if shrunk => {
+                Some(b) if changed && b.is_empty() => batch.remove(log, &bkey[..]),
+                Some(b) if changed => {
                     batch.insert(log, &bkey[..], encode_block(b.iter().map(|(o, k)| (*o, k.as_slice()))))
                 }
                 _ => {}

@@ -1,11 +1,12 @@
 //! Reading what a peer is missing, from one snapshot, in one of two orders,
 //! and single change-log entries by dot.
 //!
-//! * **Log order** (origin, then seq): the log holds one entry per current
-//!   version, keyed by dot, so "what has this node got that a peer with
-//!   version vector `vv` lacks" is, for each origin `o`, the log range
-//!   `(o, vv[o]+1)..=(o, MAX)`: one seek per origin plus one entry — and one
-//!   point read of its record — per missing record. Cost O(difference).
+//! * **Log order** (origin, then seq): the log holds one dot per current
+//!   version, in dot order (own dots partly grouped in blocks of 16,
+//!   storage/changelog.rs), so "what has this node got that a peer with
+//!   version vector `vv` lacks" is, for each origin `o`, the log range from
+//!   the block holding `vv[o]+1`: one seek per origin plus one dot — and
+//!   one point read of its record — per missing record. Cost O(difference).
 //! * **Key order**: one sequential pass over the data keyspace, returning the
 //!   records that hold a version the peer lacks. Cost O(records held), but
 //!   sequential: far cheaper per record than log order's random point reads

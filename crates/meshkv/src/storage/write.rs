@@ -3,7 +3,7 @@
 //! supersedes (SPEC invariants 1 and 2). The node's own version-vector
 //! entry is not written: it is recovered from the change log at open.
 
-use super::changelog::{self, LogEdits};
+use super::changelog::LogEdits;
 use super::db::{Db, Inner, WriterState, HLC_RESERVATION_MS, SEQ_RESERVATION};
 use super::error::{Error, Result};
 use super::feed::{Change, Commit, ConflictEvent, Source};
@@ -102,7 +102,7 @@ impl Db {
         let mut encoded = Vec::new();
         let mut log = LogEdits::new(node);
         // Every own dot stored so far is below `next_seq`.
-        let fresh = changelog::block_first(w.next_seq + changelog::BLOCK_LEN - 1);
+        let fresh = w.next_seq;
         for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
             let dot = Dot::new(node, w.next_seq);
