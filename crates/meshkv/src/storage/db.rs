@@ -288,10 +288,7 @@ fn read_vv(path: &Path, iter: fjall::Iter) -> Result<VersionVector> {
 /// Returns whether the marker is of an older format to upgrade once the
 /// store is locked.
 fn prepare_dir(path: &Path) -> Result<bool> {
-    let io = |context: &str| {
-        let context = format!("{context} {}", path.display());
-        move |source| Error::Io { context, source }
-    };
+    let io = |context: &str| io_error(path, context);
     fs::create_dir_all(path).map_err(io("cannot create data directory"))?;
     let marker = path.join(MARKER_FILE);
     match fs::read(&marker) {
@@ -315,12 +312,15 @@ fn prepare_dir(path: &Path) -> Result<bool> {
     }
 }
 
+/// Maps an IO error in the data directory `path` to [`Error::Io`].
+fn io_error(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{context} {}", path.display());
+    move |source| Error::Io { context, source }
+}
+
 /// Writes the current marker atomically (a new file renamed over the old).
 fn install_marker(path: &Path) -> Result<()> {
-    let io = |context: &str| {
-        let context = format!("{context} {}", path.display());
-        move |source| Error::Io { context, source }
-    };
+    let io = |context: &str| io_error(path, context);
     let tmp = path.join(format!("{MARKER_FILE}.tmp"));
     let mut f = fs::File::create(&tmp).map_err(io("cannot create marker in"))?;
     f.write_all(MARKER_CONTENT.as_bytes()).map_err(io("cannot write marker in"))?;

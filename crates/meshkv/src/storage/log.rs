@@ -203,7 +203,7 @@ impl ChangesSince {
     }
 
     fn corrupt(&self, detail: &str) -> Error {
-        Error::Corrupt { path: self.snap.db.path.clone(), detail: detail.into() }
+        self.snap.db.corrupt(detail)
     }
 
     /// Opens the log range of the next origin present in the log.
