@@ -222,6 +222,8 @@ impl Db {
         let mut log = LogEdits::new(inner.node_id);
         let mut encoded = Vec::new();
         let mut removes_own = false;
+        // Log entries of the remote versions of ingested keys: ingested too.
+        let mut log_tables: Vec<([u8; keys::LOG_KEY_LEN], fjall::Slice)> = Vec::new();
         // Before the batch commits, so the filter never misses a stored key.
         inner.filter.add_all(touched.iter().filter(|t| t.old.is_none()).map(|t| t.key.as_slice()));
         for Touched { key, old, new, conflict } in touched {
@@ -235,7 +237,12 @@ impl Db {
                 log.remove(*d);
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
-                log.add(d, &key);
+                // Own dots may belong to blocks, which only `LogEdits` handles.
+                if ingest && old.is_none() && d.origin != inner.node_id {
+                    log_tables.push((keys::log_key(d), fjall::Slice::new(&key)));
+                } else {
+                    log.add(d, &key);
+                }
             }
             // One copy of each key and record into engine slices.
             new.encode_into(&mut encoded);
@@ -262,6 +269,7 @@ impl Db {
                 tables.write(k, v)?;
             }
             tables.finish()?;
+            ingest_log_entries(&inner.log, log_tables)?;
             batch.remove(&inner.meta, META_INGEST);
         }
         // Merges never form blocks; own dots that come back join existing ones.
@@ -355,6 +363,22 @@ const INGEST_MIN_RECORDS: usize = 16 * 1024;
 /// Meta key of an ingestion whose change-log entries may not be committed:
 /// the first and last data keys ingested.
 const META_INGEST: &[u8] = b"ingest";
+
+/// Writes change-log entries of remote dots into new log tables. Sorted
+/// here (the engine requires ascending keys); a dot named twice, which only a
+/// misbehaving peer sends (one write under two keys), keeps one entry.
+fn ingest_log_entries(log: &fjall::Keyspace, mut entries: Vec<([u8; keys::LOG_KEY_LEN], fjall::Slice)>) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    entries.sort_unstable_by_key(|e| e.0);
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let mut tables = log.start_ingestion()?;
+    for (k, v) in entries {
+        tables.write(fjall::Slice::new(&k), v)?;
+    }
+    Ok(tables.finish()?)
+}
 
 fn encode_range(first: &[u8], last: &[u8]) -> Vec<u8> {
     postcard::to_stdvec(&(first, last)).unwrap_or_else(|_| unreachable!("in-memory encode"))

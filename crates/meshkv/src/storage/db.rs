@@ -9,6 +9,7 @@ use super::keys;
 use super::options::Options;
 use crate::clock::{Hlc, HybridClock};
 use crate::version::{NodeId, Seq, VersionVector};
+use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs;
@@ -105,7 +106,15 @@ impl Db {
         let data = engine
             .keyspace("data", || memtable(opts.memtable_bytes)().filter_block_pinning_policy(PinningPolicy::all(true)))
             .map_err(corrupt)?;
-        let log = engine.keyspace("log", memtable(opts.memtable_bytes / 2)).map_err(corrupt)?;
+        // A bootstrap in key order adds log entries in random seq order, so
+        // every run it adds to L0 spans the whole log, and each compaction
+        // into L1 rewrites all of it: see `LOG_L0_RUNS`.
+        let log = engine
+            .keyspace("log", || {
+                memtable(opts.memtable_bytes / 2)()
+                    .compaction_strategy(Arc::new(Leveled::default().with_l0_threshold(LOG_L0_RUNS)))
+            })
+            .map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
         let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id)?;
@@ -329,12 +338,29 @@ fn install_marker(path: &Path) -> Result<()> {
     fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
 }
 
+/// Engine threads that flush memtables and compact tables. fjall 3.1 sizes
+/// its pool to the core count (at most 4), and with two workers the first
+/// one re-queues every compaction request while the other compacts, spinning
+/// a core for as long as the compaction runs (fjall PR #323): a third of a
+/// 2-vCPU receiver's time during a catch-up of 4M entries
+/// (BENCHMARKS.md). With four, a request finds an idle worker; idle workers
+/// cost nothing.
+const ENGINE_WORKERS: usize = 4;
+
+/// L0 runs of the change log that start a compaction (fjall's default: 4).
+/// At 16 the log is rewritten a quarter as often during a bootstrap, and
+/// stays under the 20 runs at which fjall starts slowing writes. The engine
+/// stores the strategy when it creates the keyspace: older stores keep 4.
+const LOG_L0_RUNS: u8 = 16;
+
 fn open_engine(path: &Path, opts: &Options) -> Result<Database> {
     let dir = path.join(ENGINE_DIR);
     // The engine can panic on some kinds of damaged files; report those as
     // corruption instead of taking the caller down.
     let cache = opts.cache_bytes;
-    let opened = std::panic::catch_unwind(move || Database::builder(&dir).cache_size(cache).open());
+    let opened = std::panic::catch_unwind(move || {
+        Database::builder(&dir).cache_size(cache).worker_threads(ENGINE_WORKERS).open()
+    });
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(fjall::Error::Locked)) => Err(Error::Locked { path: path.to_path_buf() }),
