@@ -72,6 +72,7 @@ impl Db {
         let covered = ctx.covered;
         let inner = &*self.inner;
         let mut w = inner.lock_writer();
+        inner.finish_failed_ingestion(&mut w)?;
         let now = inner.now_ms();
         let mut report = ApplyReport::default();
         // Read under the writer lock: no commit can come in between.
@@ -269,7 +270,10 @@ impl Db {
                 tables.write(k, v)?;
             }
             tables.finish()?;
-            ingest_log_entries(&inner.log, log_tables)?;
+            // The records are visible from here on: if anything below fails,
+            // their log entries must still be added before the next commit.
+            w.unfinished_ingestion = true;
+            ingest_log_entries(&inner.log, log_tables).inspect_err(|_| inner.try_finish_ingestion(w))?;
             batch.remove(&inner.meta, META_INGEST);
         }
         // Merges never form blocks; own dots that come back join existing ones.
@@ -289,7 +293,8 @@ impl Db {
             None => {}
         }
         let ceiling = inner.reserve_hlc(w, &mut batch);
-        batch.commit()?;
+        batch.commit().inspect_err(|_| inner.try_finish_ingestion(w))?;
+        w.unfinished_ingestion = false;
         w.hlc_ceiling = ceiling;
         for &(origin, seq) in raise {
             w.vv.raise(origin, seq);
@@ -298,39 +303,13 @@ impl Db {
     }
 
     /// Completes an ingestion interrupted before its change-log entries were
-    /// committed (called by [`Db::open`]). Its keys held no record before it,
-    /// and every record in its key range is current, so adding the log
-    /// entry of every version found in that range restores I2; versions
-    /// whose entry exists (keys written before the ingestion) are skipped.
+    /// committed (called by [`Db::open`]); see [`Inner::complete_ingestion`].
     pub(crate) fn finish_ingestion(&self) -> Result<()> {
         let inner = &*self.inner;
-        let Some(raw) = inner.meta.get(META_INGEST)? else { return Ok(()) };
-        let corrupt = || Error::Corrupt { path: inner.path.clone(), detail: "malformed ingestion marker".into() };
-        let (first, last): (Vec<u8>, Vec<u8>) = match postcard::take_from_bytes(&raw) {
-            Ok((range, [])) => range,
-            _ => return Err(corrupt()),
-        };
         let _w = inner.lock_writer();
-        let mut batch = inner.batch(1024);
-        let mut log = LogEdits::new(inner.node_id);
-        let now = inner.engine.snapshot();
-        let mut entries = 0usize;
-        for guard in inner.data.range(first..=last) {
-            let (dkey, raw) = guard.into_inner()?;
-            let user = keys::user_key(&dkey);
-            // The range can hold keys written before the ingestion, whose
-            // entries exist (own ones possibly in blocks).
-            for dot in decode(user, &raw)?.dots() {
-                if changelog::lookup(&now, &inner.log, inner.node_id, dot, |d| inner.corrupt(d))?.is_none() {
-                    log.add(dot, user);
-                    entries += 1;
-                }
-            }
+        if let Some(entries) = inner.complete_ingestion()? {
+            tracing::info!(path = %inner.path.display(), entries, "completed an interrupted ingestion");
         }
-        log.write_to(&inner.log, Seq::MAX, &mut batch, |d| inner.corrupt(d))?;
-        batch.remove(&inner.meta, META_INGEST);
-        batch.commit()?;
-        tracing::info!(path = %inner.path.display(), entries, "completed an interrupted ingestion");
         Ok(())
     }
 
@@ -353,6 +332,62 @@ impl Db {
     /// Total conflicts detected since this store was opened.
     pub fn conflict_count(&self) -> u64 {
         self.inner.conflicts.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    /// Completes the ingestion named by the stored `ingest` marker, if any,
+    /// and returns the log entries it added; the caller holds the writer
+    /// lock. Its keys held no record before it, and every record in its key
+    /// range is current, so adding the log entry of every version found in
+    /// that range restores I2; versions whose entry exists (keys written
+    /// before the ingestion, or log tables ingested before a failure) are
+    /// skipped.
+    pub(crate) fn complete_ingestion(&self) -> Result<Option<usize>> {
+        let Some(raw) = self.meta.get(META_INGEST)? else { return Ok(None) };
+        let (first, last): (Vec<u8>, Vec<u8>) = match postcard::take_from_bytes(&raw) {
+            Ok((range, [])) => range,
+            _ => return Err(self.corrupt("malformed ingestion marker")),
+        };
+        let mut batch = self.batch(1024);
+        let mut log = LogEdits::new(self.node_id);
+        let now = self.engine.snapshot();
+        let mut entries = 0usize;
+        for guard in self.data.range(first..=last) {
+            let (dkey, raw) = guard.into_inner()?;
+            let user = keys::user_key(&dkey);
+            for dot in decode(user, &raw)?.dots() {
+                if changelog::lookup(&now, &self.log, self.node_id, dot, |d| self.corrupt(d))?.is_none() {
+                    log.add(dot, user);
+                    entries += 1;
+                }
+            }
+        }
+        log.write_to(&self.log, Seq::MAX, &mut batch, |d| self.corrupt(d))?;
+        batch.remove(&self.meta, META_INGEST);
+        batch.commit()?;
+        Ok(Some(entries))
+    }
+
+    /// After an ingestion failed past its data tables (say, on a full
+    /// disk): completes it now, or leaves it to the next commit.
+    fn try_finish_ingestion(&self, w: &mut WriterState) {
+        match self.complete_ingestion() {
+            Ok(_) => w.unfinished_ingestion = false,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "an ingestion could not be completed yet")
+            }
+        }
+    }
+
+    /// Completes an ingestion left unfinished by a failure in this process
+    /// before anything else is committed; its error is the caller's.
+    pub(crate) fn finish_failed_ingestion(&self, w: &mut WriterState) -> Result<()> {
+        if w.unfinished_ingestion {
+            self.complete_ingestion()?;
+            w.unfinished_ingestion = false;
+        }
+        Ok(())
     }
 }
 
@@ -408,10 +443,10 @@ mod tests {
     use super::*;
     use crate::storage::Options;
 
-    /// A crash after an ingestion's tables and before its change-log entries:
-    /// the reopen completes it.
-    #[test]
-    fn reopen_completes_an_interrupted_ingestion() {
+    /// `target` (which holds one key of its own, `k050x`) with an ingestion
+    /// of `source`'s 100 keys stopped after its data tables: the marker and
+    /// the tables exist, the change-log entries do not.
+    fn interrupted_ingestion() -> (tempfile::TempDir, tempfile::TempDir, Db, Db, Vec<String>) {
         let (ds, dt) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
         let source = Db::open(ds.path(), Options::default()).expect("open");
         let keys: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
@@ -423,6 +458,7 @@ mod tests {
         let inner = &*target.inner;
         let (first, last) = (keys::data_key(keys[0].as_bytes()), keys::data_key(keys[99].as_bytes()));
         inner.meta.insert(META_INGEST, encode_range(&first, &last)).expect("intent");
+        inner.filter.add_all(keys.iter().map(|k| k.as_bytes()));
         let mut tables = inner.data.start_ingestion().expect("ingestion");
         for k in &keys {
             let record = source.get_record(k).expect("get").expect("present");
@@ -430,6 +466,27 @@ mod tests {
         }
         tables.finish().expect("finish");
         assert!(!target.verify().expect("verify").is_ok(), "the log entries are missing");
+        (ds, dt, source, target, keys)
+    }
+
+    /// An ingestion that failed after its data tables in this process (a
+    /// full disk, say) is completed before the next commit.
+    #[test]
+    fn next_commit_completes_a_failed_ingestion() {
+        let (_ds, _dt, source, target, keys) = interrupted_ingestion();
+        target.inner.lock_writer().unfinished_ingestion = true;
+        target.put("after", "x").expect("put");
+        let report = target.verify().expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
+        assert_eq!(target.get_record(&keys[7]).expect("get"), source.get_record(&keys[7]).expect("get"));
+    }
+
+    /// A crash after an ingestion's tables and before its change-log entries:
+    /// the reopen completes it.
+    #[test]
+    fn reopen_completes_an_interrupted_ingestion() {
+        let (_ds, dt, source, target, keys) = interrupted_ingestion();
         drop(target);
 
         let target = Db::open(dt.path(), Options::default()).expect("reopen");

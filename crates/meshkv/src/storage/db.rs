@@ -79,6 +79,9 @@ pub(crate) struct WriterState {
     pub vv: VersionVector,
     /// Number of commits so far in this process (feed ordering).
     pub commit_id: u64,
+    /// An ingestion failed after its data tables were registered and could
+    /// not be completed yet: the next commit completes it first.
+    pub unfinished_ingestion: bool,
 }
 
 impl Db {
@@ -168,6 +171,7 @@ impl Db {
                     hlc_ceiling: hlc_floor,
                     vv,
                     commit_id: 0,
+                    unfinished_ingestion: false,
                 }),
                 feed,
                 conflict_feed,

@@ -67,8 +67,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The storage engine failed (for example a full disk). The operation
-    /// that returned this was not applied; after a failed journal write the
-    /// engine refuses further writes until the store is reopened.
+    /// that returned this was not applied, except that the records of a
+    /// large catch-up batch written straight into tables may already be
+    /// readable: their change-log entries are then added before the next
+    /// commit (or at reopen). After a failed journal write the engine
+    /// refuses further writes until the store is reopened.
     #[error("storage engine error (operation not applied): {0}")]
     Engine(#[from] fjall::Error),
 }

@@ -87,6 +87,7 @@ impl Db {
             return Ok(None);
         }
         let mut w = inner.lock_writer();
+        inner.finish_failed_ingestion(&mut w)?;
         inner.reserve_seqs(&mut w, ops.len() as u64)?;
         let node = inner.node_id;
         let mut batch = inner.batch(ops.len() + ops.len() / 4 + 4);
