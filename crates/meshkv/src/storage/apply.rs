@@ -270,10 +270,10 @@ impl Db {
                 tables.write(k, v)?;
             }
             tables.finish()?;
-            // The records are visible from here on: if anything below fails,
-            // their log entries must still be added before the next commit.
+            // The records are readable from here on: if anything below
+            // fails, the next commit first adds their log entries.
             w.unfinished_ingestion = true;
-            ingest_log_entries(&inner.log, log_tables).inspect_err(|_| inner.try_finish_ingestion(w))?;
+            ingest_log_entries(&inner.log, log_tables)?;
             batch.remove(&inner.meta, META_INGEST);
         }
         // Merges never form blocks; own dots that come back join existing ones.
@@ -293,7 +293,7 @@ impl Db {
             None => {}
         }
         let ceiling = inner.reserve_hlc(w, &mut batch);
-        batch.commit().inspect_err(|_| inner.try_finish_ingestion(w))?;
+        batch.commit()?;
         w.unfinished_ingestion = false;
         w.hlc_ceiling = ceiling;
         for &(origin, seq) in raise {
@@ -369,19 +369,9 @@ impl Inner {
         Ok(Some(entries))
     }
 
-    /// After an ingestion failed past its data tables (say, on a full
-    /// disk): completes it now, or leaves it to the next commit.
-    fn try_finish_ingestion(&self, w: &mut WriterState) {
-        match self.complete_ingestion() {
-            Ok(_) => w.unfinished_ingestion = false,
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "an ingestion could not be completed yet")
-            }
-        }
-    }
-
-    /// Completes an ingestion left unfinished by a failure in this process
-    /// before anything else is committed; its error is the caller's.
+    /// Completes an ingestion that failed in this process after its data
+    /// tables (say, on a full disk) before anything else is committed; while
+    /// that fails, so does every commit.
     pub(crate) fn finish_failed_ingestion(&self, w: &mut WriterState) -> Result<()> {
         if w.unfinished_ingestion {
             self.complete_ingestion()?;

@@ -79,8 +79,8 @@ pub(crate) struct WriterState {
     pub vv: VersionVector,
     /// Number of commits so far in this process (feed ordering).
     pub commit_id: u64,
-    /// An ingestion failed after its data tables were registered and could
-    /// not be completed yet: the next commit completes it first.
+    /// An ingestion failed after its data tables were registered: the next
+    /// commit completes it first (`Inner::finish_failed_ingestion`).
     pub unfinished_ingestion: bool,
 }
 
@@ -345,7 +345,7 @@ fn install_marker(path: &Path) -> Result<()> {
 /// Engine threads that flush memtables and compact tables. fjall 3.1 sizes
 /// its pool to the core count (at most 4), and with two workers the first
 /// one re-queues every compaction request while the other compacts, spinning
-/// a core for as long as the compaction runs (fjall PR #323): a third of a
+/// a core for as long as the compaction runs (fjall PR #323): a fifth of a
 /// 2-vCPU receiver's time during a catch-up of 4M entries
 /// (BENCHMARKS.md). With four, a request finds an idle worker; idle workers
 /// cost nothing.
