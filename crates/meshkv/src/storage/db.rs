@@ -10,7 +10,7 @@ use super::options::Options;
 use crate::clock::{Hlc, HybridClock};
 use crate::version::{NodeId, Seq, VersionVector};
 use fjall::compaction::Leveled;
-use fjall::config::PinningPolicy;
+use fjall::config::{FilterPolicy, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs;
 use std::io::Write;
@@ -111,11 +111,14 @@ impl Db {
             .map_err(corrupt)?;
         // A bootstrap in key order adds log entries in random seq order, so
         // every run it adds to L0 spans the whole log, and each compaction
-        // into L1 rewrites all of it: see `LOG_L0_RUNS`.
+        // into L1 rewrites all of it: see `LOG_L0_RUNS`. The log is read in
+        // ranges, and its point reads (own blocks) find their key, so it has
+        // no filters: building one buffers a hash of every key of a table.
         let log = engine
             .keyspace("log", || {
                 memtable(opts.memtable_bytes / 2)()
                     .compaction_strategy(Arc::new(Leveled::default().with_l0_threshold(LOG_L0_RUNS)))
+                    .filter_policy(FilterPolicy::disabled())
             })
             .map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
