@@ -1,14 +1,15 @@
 //! Runs the built `meshkv` binary: `bench client --json` reports every
 //! throughput, the TCP ping-pong baseline and meshkv's ratios to it as
-//! positive numbers, in plaintext, with a cluster secret and on a shared
-//! runtime.
+//! positive numbers, in plaintext, with a cluster secret, on a shared
+//! runtime and busy-polling (with a secret: polling sees decrypted frames).
 
 use serde_json::Value;
 use std::process::Command;
 
 #[test]
 fn bench_client_json_reports_every_throughput() {
-    for extra in [&[][..], &["--secret"][..], &["--shared-runtime"][..]] {
+    let polling = &["--busy-poll-us", "20", "--secret"][..];
+    for extra in [&[][..], &["--secret"][..], &["--shared-runtime"][..], polling] {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new(env!("CARGO_BIN_EXE_meshkv"))
             .args(["bench", "client", "--json", "--ops", "300", "--in-flight", "4", "--batch", "10", "--dir"])
@@ -40,5 +41,6 @@ fn bench_client_json_reports_every_throughput() {
         }
         assert_eq!(v["encrypted"], extra.contains(&"--secret"), "{v}");
         assert_eq!(v["ops"], 300);
+        assert_eq!(v["busy_poll_us"], if extra == polling { 20 } else { 0 }, "{v}");
     }
 }

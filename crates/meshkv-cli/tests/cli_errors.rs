@@ -78,6 +78,7 @@ fn serve_refuses_bad_settings() {
     let port = free_port();
     run(&["serve", "--data", data, "--listen", &format!("0.0.0.0:{port}")]).fails(2, "--insecure");
     run(&["serve", "--data", data, "--listen", "nonsense"]).fails(2, "cannot resolve listen address");
+    run(&["serve", "--data", data, "--busy-poll-us", "20000"]).fails(2, "--busy-poll-us");
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:1\"\nfavourite_color = \"blue\"\n").unwrap();
     run(&["serve", "--config", config.to_str().unwrap()]).fails(2, "favourite_color");

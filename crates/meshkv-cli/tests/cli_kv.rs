@@ -32,6 +32,14 @@ fn put_get_del_and_missing_keys() {
 }
 
 #[test]
+fn a_busy_polling_node_answers_the_same() {
+    let s = Server::start(&["--busy-poll-us", "50"]);
+    assert_eq!(s.run(&["put", "k", "v"]).ok(), "");
+    assert_eq!(s.run(&["get", "k"]).ok(), "v");
+    s.run(&["get", "nope"]).fails(1, "not found");
+}
+
+#[test]
 fn scan_plain_json_and_range_flags() {
     let s = Server::start(&[]);
     for (k, v) in [("a1", "1"), ("a2", "2"), ("a3", "3"), ("a4", "4"), ("b1", "tab\there"), ("c\n1", "x")] {

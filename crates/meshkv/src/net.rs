@@ -75,12 +75,17 @@ pub(crate) struct FrameReader {
     start: usize,
     max_frame: usize,
     failed: bool,
+    /// The socket reported end of stream or an error during [`Self::spin`].
+    ended: bool,
+    /// Bytes read during [`Self::spin`] failed to decrypt: reported by
+    /// [`Self::try_next`] after the frames before them.
+    broken: Option<String>,
 }
 
 impl FrameReader {
     fn new(rd: OwnedReadHalf, opener: Opener, plain: Vec<u8>, max_frame: usize) -> Self {
         let chunk = vec![0u8; READ_CHUNK].into_boxed_slice();
-        FrameReader { rd, opener, buf: plain, chunk, start: 0, max_frame, failed: false }
+        FrameReader { rd, opener, buf: plain, chunk, start: 0, max_frame, failed: false, ended: false, broken: None }
     }
 
     /// Changes the largest frame accepted from now on.
@@ -99,7 +104,11 @@ impl FrameReader {
                 self.start += used;
                 Some(Ok(msg))
             }
-            Ok(None) => None,
+            Ok(None) => {
+                let e = self.broken.take()?;
+                self.failed = true;
+                Some(Err(e))
+            }
             Err(e) => {
                 self.failed = true;
                 Some(Err(e.to_string()))
@@ -113,7 +122,7 @@ impl FrameReader {
             if let Some(m) = self.try_next() {
                 return Some(m);
             }
-            if self.failed {
+            if self.failed || self.ended {
                 return None;
             }
             self.buf.drain(..self.start);
@@ -129,6 +138,83 @@ impl FrameReader {
             }
         }
     }
+
+    /// Busy-polls the socket for up to `budget` until a whole frame is
+    /// buffered, without yielding to the runtime; returns whether one is.
+    /// A round trip on an idle machine waits for the peer's thread to be
+    /// woken, and on a virtual machine that wake-up (of a halted virtual
+    /// CPU) costs far more than the request; a thread that spins instead is
+    /// awake when the reply lands. Costs up to `budget` of CPU per call.
+    pub fn spin(&mut self, budget: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            if self.failed || self.broken.is_some() || self.ended {
+                return self.broken.is_some();
+            }
+            if codec::frame_ready(&self.buf[self.start..], self.max_frame) {
+                return true;
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            match read_now(&self.rd, &mut self.chunk) {
+                Ok(0) => self.ended = true,
+                Ok(n) => {
+                    if let Err(e) = self.opener.open(&self.chunk[..n], &mut self.buf) {
+                        self.broken = Some(e.to_string());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if started.elapsed() >= budget {
+                        return false;
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(_) => self.ended = true,
+            }
+        }
+    }
+}
+
+/// Busy-polling of a [`FrameReader`] with a budget per wait, yielding to
+/// the runtime at least every [`BusyPoll::YIELD_EVERY`] of spinning and
+/// serving: a task that is always ready would otherwise keep its worker's
+/// other tasks, and the IO driver if that worker holds it, waiting.
+pub(crate) struct BusyPoll {
+    budget: std::time::Duration,
+    since_yield: std::time::Instant,
+}
+
+impl BusyPoll {
+    const YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(500);
+
+    /// Polls for up to `budget` per wait; zero turns it off.
+    pub fn new(budget: std::time::Duration) -> Self {
+        BusyPoll { budget, since_yield: std::time::Instant::now() }
+    }
+
+    /// Spins on `reader` until a frame is buffered or the budget is spent,
+    /// then yields if it is time to.
+    pub async fn wait(&mut self, reader: &mut FrameReader) {
+        if self.budget.is_zero() {
+            return;
+        }
+        reader.spin(self.budget);
+        if self.since_yield.elapsed() >= Self::YIELD_EVERY {
+            tokio::task::yield_now().await;
+            self.since_yield = std::time::Instant::now();
+        }
+    }
+}
+
+/// Reads what the socket holds without waiting. Asks the socket itself:
+/// tokio's `try_read` trusts its cached readiness, which only its IO driver
+/// refreshes, so a thread polling with it would wait for that driver's
+/// wake-up all the same.
+fn read_now(rd: &OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(rd.as_ref());
+    io::Read::read(&mut &*socket, buf)
 }
 
 /// Encodes and encrypts frames into a send buffer and writes it out.

@@ -26,7 +26,7 @@ use super::workload::{key_at, push_value};
 use anyhow::{Context, Result};
 use clap::Args;
 use meshkv::client::{Client, ClientOptions};
-use meshkv::node::{Node, NodeConfig};
+use meshkv::node::{Node, NodeConfig, ServerOptions};
 use meshkv::protocol::{codec, BatchOp, Message, Request, Response};
 use meshkv::secure::{Secret, Security};
 use meshkv::{Db, Options};
@@ -72,6 +72,17 @@ pub struct ClientArgs {
     /// single-threaded one (as a client in another process would be).
     #[arg(long)]
     shared_runtime: bool,
+    /// Busy-poll for replies and requests this many microseconds before
+    /// sleeping, on the node, the client and the ping-pong baseline alike
+    /// (`ServerOptions::busy_poll`, `ClientOptions::busy_poll`; 0: off).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    busy_poll_us: u64,
+}
+
+impl ClientArgs {
+    fn busy_poll(&self) -> Duration {
+        Duration::from_micros(self.busy_poll_us)
+    }
 }
 
 /// Runs `meshkv bench client`.
@@ -91,7 +102,7 @@ pub fn run(args: ClientArgs) -> Result<()> {
     };
     let client_rt = own_rt.as_ref().unwrap_or(&node_rt);
     let sizes = get_frame_sizes(args.ops, args.value_size);
-    let (pp_addr, pp_server) = node_rt.block_on(pingpong::start_server(sizes))?;
+    let (pp_addr, pp_server) = node_rt.block_on(pingpong::start_server(sizes, args.busy_poll()))?;
     let results = client_rt.block_on(measure(&args, addr, secret, pp_addr, sizes))?;
     node_rt.block_on(pp_server).context("ping-pong server panicked")??;
     node_rt.block_on(node.shutdown());
@@ -138,7 +149,9 @@ async fn start_node(args: &ClientArgs, dir: &std::path::Path) -> Result<(Node, S
     let db = Db::open(dir, Options::default()).context("cannot open the benchmark store")?;
     let secret = args.secret.then(Secret::generate);
     let security = Security { secret: secret.clone(), read_only_secret: None };
-    let cfg = NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), security, ..NodeConfig::default() };
+    let server = ServerOptions { busy_poll: args.busy_poll(), ..ServerOptions::default() };
+    let cfg =
+        NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), security, server, ..NodeConfig::default() };
     let node = Node::start(db, cfg).await.context("cannot start the node")?;
     let addr = node.local_addr().context("node has no address")?;
     Ok((node, addr, secret))
@@ -152,8 +165,10 @@ async fn measure(
     sizes: Sizes,
 ) -> Result<serde_json::Value> {
     let client =
-        Client::connect(addr, ClientOptions { secret, ..ClientOptions::default() }).await.context("cannot connect")?;
-    let mut pp = pingpong::Conn::connect(pp_addr, sizes).await?;
+        Client::connect(addr, ClientOptions { secret, busy_poll: args.busy_poll(), ..ClientOptions::default() })
+            .await
+            .context("cannot connect")?;
+    let mut pp = pingpong::Conn::connect(pp_addr, sizes, args.busy_poll()).await?;
     let (ops, size) = (args.ops, args.value_size);
     let value = move |i: u64| {
         let mut v = Vec::with_capacity(size);
@@ -209,6 +224,7 @@ async fn measure(
         "value_size": args.value_size,
         "encrypted": args.secret,
         "client_runtime": if args.shared_runtime { "shared with the node" } else { "own, single-threaded" },
+        "busy_poll_us": args.busy_poll_us,
         "put_seq_per_s": put_seq,
         "get_seq_per_s": get_seq,
         "put_in_flight_per_s": put_par,

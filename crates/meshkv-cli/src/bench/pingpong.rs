@@ -12,7 +12,8 @@
 //! requests one read delivered with one write. The client ([`Conn`]) runs on
 //! the runtime the meshkv client runs on, one round trip at a time or with a
 //! window of requests in flight on the same connection, refilled as replies
-//! arrive.
+//! arrive. With a busy-poll budget, both sides poll their socket for that
+//! long before sleeping, as the node and client do with theirs.
 
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,20 +38,20 @@ pub struct Sizes {
 /// Binds 127.0.0.1 on an ephemeral port and spawns a server for one
 /// connection on the current runtime; it ends when the client closes the
 /// connection.
-pub async fn start_server(sizes: Sizes) -> Result<(SocketAddr, JoinHandle<Result<()>>)> {
+pub async fn start_server(sizes: Sizes, busy_poll: Duration) -> Result<(SocketAddr, JoinHandle<Result<()>>)> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("ping-pong: cannot bind")?;
     let addr = listener.local_addr().context("ping-pong: no local address")?;
-    Ok((addr, tokio::spawn(serve(listener, sizes))))
+    Ok((addr, tokio::spawn(serve(listener, sizes, busy_poll))))
 }
 
-async fn serve(listener: TcpListener, sizes: Sizes) -> Result<()> {
+async fn serve(listener: TcpListener, sizes: Sizes, busy_poll: Duration) -> Result<()> {
     let (mut stream, _) = listener.accept().await.context("ping-pong: accept")?;
     stream.set_nodelay(true).context("ping-pong: nodelay")?;
     let mut buf = vec![0u8; READ_BUF];
     let mut replies = Vec::new();
     let mut partial = 0;
     loop {
-        let n = stream.read(&mut buf).await.context("ping-pong server: read")?;
+        let n = read_polling(&mut stream, &mut buf, busy_poll).await.context("ping-pong server: read")?;
         if n == 0 {
             return Ok(());
         }
@@ -68,14 +69,15 @@ pub struct Conn {
     stream: TcpStream,
     sizes: Sizes,
     buf: Vec<u8>,
+    busy_poll: Duration,
 }
 
 impl Conn {
     /// Connects to a server from [`start_server`].
-    pub async fn connect(addr: SocketAddr, sizes: Sizes) -> Result<Conn> {
+    pub async fn connect(addr: SocketAddr, sizes: Sizes, busy_poll: Duration) -> Result<Conn> {
         let stream = TcpStream::connect(addr).await.context("ping-pong: cannot connect")?;
         stream.set_nodelay(true).context("ping-pong: nodelay")?;
-        Ok(Conn { stream, sizes, buf: vec![0u8; READ_BUF] })
+        Ok(Conn { stream, sizes, buf: vec![0u8; READ_BUF], busy_poll })
     }
 
     /// Time taken by `n` round trips, one at a time.
@@ -86,7 +88,13 @@ impl Conn {
         let run = async {
             for _ in 0..n {
                 self.stream.write_all(&request).await?;
-                self.stream.read_exact(&mut self.buf[..reply_len]).await?;
+                let mut got = 0;
+                while got < reply_len {
+                    match read_polling(&mut self.stream, &mut self.buf[got..reply_len], self.busy_poll).await? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        n => got += n,
+                    }
+                }
             }
             Ok::<_, std::io::Error>(())
         };
@@ -108,7 +116,9 @@ impl Conn {
         self.stream.write_all(&requests[..sent as usize * request]).await.context("ping-pong client: write")?;
         let (mut done, mut partial) = (0, 0);
         while done < sent {
-            let got = self.stream.read(&mut self.buf).await.context("ping-pong client: read")?;
+            let got = read_polling(&mut self.stream, &mut self.buf, self.busy_poll)
+                .await
+                .context("ping-pong client: read")?;
             if got == 0 {
                 bail!("ping-pong server closed the connection");
             }
@@ -124,4 +134,24 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Reads what has arrived, polling without sleeping for up to `budget`
+/// first; 0 at end of stream.
+async fn read_polling(stream: &mut TcpStream, buf: &mut [u8], budget: Duration) -> std::io::Result<usize> {
+    let started = Instant::now();
+    while !budget.is_zero() {
+        // Not `try_read`: it trusts tokio's cached readiness (see
+        // `meshkv::net`), so it would wait for tokio's IO driver anyway.
+        match std::io::Read::read(&mut &*socket2::SockRef::from(&*stream), buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if started.elapsed() >= budget {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            done => return done,
+        }
+    }
+    stream.read(buf).await
 }

@@ -2,7 +2,7 @@
 //! requests by id, reconnects, and re-sends what may be re-sent.
 
 use super::{lost, ClientOptions, Command, Result, WatchEvent};
-use crate::net::{self, EstablishError, FrameReader, FrameWriter};
+use crate::net::{self, BusyPoll, EstablishError, FrameReader, FrameWriter};
 use crate::protocol::request::{ErrorCode, RemoteError, Request, Response};
 use crate::protocol::{codec, CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
 use crate::secure::{Security, Side};
@@ -154,9 +154,13 @@ pub(crate) async fn run(
                 let _ = w.events.try_send(WatchEvent::Lagged);
             }
         }
+        // A ping goes out when nothing was sent for `every`, checked every
+        // half of it (not a timer reset per request).
         let every = opts.keepalive.max(Duration::from_millis(10));
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every / 2, every / 2);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent = tokio::time::Instant::now();
+        let mut busy_poll = BusyPoll::new(opts.busy_poll);
         loop {
             // Write without waiting; the rest goes out in the select below,
             // which keeps reading replies meanwhile (a node blocked writing
@@ -166,7 +170,10 @@ pub(crate) async fn run(
                     break;
                 }
                 out.clear();
-                keepalive.reset();
+                last_sent = tokio::time::Instant::now();
+            }
+            if !pending.is_empty() && writer.pending() == 0 {
+                busy_poll.wait(&mut reader).await;
             }
             // Dispatch whatever complete frames are buffered. A frame that
             // cannot be decoded leaves the stream out of step: drop the
@@ -215,7 +222,7 @@ pub(crate) async fn run(
                     }
                     None => break,
                 },
-                _ = keepalive.tick() => {
+                _ = keepalive.tick() => if last_sent.elapsed() >= every {
                     codec::encode(&Message::Ping, &mut out);
                 }
             }

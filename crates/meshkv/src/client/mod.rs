@@ -50,6 +50,11 @@ pub struct ClientOptions {
     /// [`ErrorCode::ConnectionLost`] (default 30 s). A write that timed out
     /// may still be applied later if it was re-sent.
     pub request_timeout: Duration,
+    /// While requests await replies, wait this long for a reply by
+    /// busy-polling the socket before sleeping (default zero: off); see
+    /// [`ServerOptions::busy_poll`](crate::node::ServerOptions::busy_poll).
+    /// Blocks the client's runtime thread meanwhile.
+    pub busy_poll: Duration,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +68,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(30),
             secret: None,
             keepalive: Duration::from_secs(10),
+            busy_poll: Duration::ZERO,
         }
     }
 }

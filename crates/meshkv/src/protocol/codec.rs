@@ -41,6 +41,14 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) -> usize {
     out.len() - start
 }
 
+/// Whether [`decode`] of `buf` has an answer without more bytes: a whole
+/// frame, or a length prefix over `max_frame`.
+pub fn frame_ready(buf: &[u8], max_frame: usize) -> bool {
+    let Some(header) = buf.get(..HEADER_LEN) else { return false };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    len > max_frame || buf.len() - HEADER_LEN >= len
+}
+
 /// Decodes one frame from the front of `buf`. Returns the message and the
 /// bytes consumed, `Ok(None)` if more bytes are needed.
 pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Message, usize)>, CodecError> {
