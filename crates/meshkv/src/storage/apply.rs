@@ -9,6 +9,7 @@ use super::keys;
 use super::log::ResumePoint;
 use super::merge::merge;
 use super::options::KEY_LEN_CEILING;
+use super::pending::LogEntry;
 use super::read::decode;
 use super::record::Record;
 use crate::version::{Dot, NodeId, Seq, VersionVector};
@@ -223,8 +224,9 @@ impl Db {
         let mut log = LogEdits::new(inner.node_id);
         let mut encoded = Vec::new();
         let mut removes_own = false;
-        // Log entries of the remote versions of ingested keys: ingested too.
-        let mut log_tables: Vec<([u8; keys::LOG_KEY_LEN], fjall::Slice)> = Vec::new();
+        // Log entries of the remote versions of ingested keys: held back,
+        // then ingested as tables (docs/ALGORITHM.md §5).
+        let mut log_tables: Vec<LogEntry> = Vec::new();
         // Before the batch commits, so the filter never misses a stored key.
         inner.filter.add_all(touched.iter().filter(|t| t.old.is_none()).map(|t| t.key.as_slice()));
         for Touched { key, old, new, conflict } in touched {
@@ -236,6 +238,7 @@ impl Db {
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
                 removes_own |= d.origin == inner.node_id;
                 log.remove(*d);
+                w.pending_log.supersede(*d);
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
                 // Own dots may belong to blocks, which only `LogEdits` handles.
@@ -255,16 +258,19 @@ impl Db {
             changes.push(Change { key, record: new, conflict });
         }
         if let (Some((first, _)), Some((last, _))) = (ingestion.first(), ingestion.last()) {
-            // Written before the tables and removed with the batch below: a
-            // crash in between leaves the range to `finish_ingestion`.
+            // Written before the tables and removed with the batch that
+            // writes their log entries: a crash in between leaves the range
+            // (with that of the held-back entries) to `finish_ingestion`.
             let mut intent =
                 OwnedWriteBatch::with_capacity(inner.engine.clone(), 1).durability(Some(PersistMode::SyncData));
-            intent.insert(&inner.meta, META_INGEST, encode_range(first, last));
+            let (start, end) = w.pending_log.marker_range(first, last);
+            intent.insert(&inner.meta, META_INGEST, encode_range(&start, &end));
             // The tables hold timestamps too: the clock ceiling covers them
             // before they exist.
             let ceiling = inner.reserve_hlc(w, &mut intent);
             intent.commit()?;
             w.hlc_ceiling = ceiling;
+            let (first, last) = (first.to_vec(), last.to_vec());
             let mut tables = inner.data.start_ingestion()?;
             for (k, v) in ingestion {
                 tables.write(k, v)?;
@@ -273,7 +279,15 @@ impl Db {
             // The records are readable from here on: if anything below
             // fails, the next commit first adds their log entries.
             w.unfinished_ingestion = true;
-            ingest_log_entries(&inner.log, log_tables)?;
+            w.pending_log.hold(&first, &last, log_tables);
+            if w.pending_log.is_empty() {
+                batch.remove(&inner.meta, META_INGEST);
+            }
+        }
+        // Held back until they are many, or a raise of the vector could
+        // cover their dots (coverage needs their entries in the log).
+        if !w.pending_log.is_empty() && (w.pending_log.full() || !raise.is_empty()) {
+            inner.ingest_held_log(w)?;
             batch.remove(&inner.meta, META_INGEST);
         }
         // Merges never form blocks; own dots that come back join existing ones.
@@ -375,8 +389,35 @@ impl Inner {
     pub(crate) fn finish_failed_ingestion(&self, w: &mut WriterState) -> Result<()> {
         if w.unfinished_ingestion {
             self.complete_ingestion()?;
+            // The completion covered the held-back entries' range too.
+            w.pending_log.clear();
             w.unfinished_ingestion = false;
         }
+        Ok(())
+    }
+
+    /// Ingests the held-back change-log entries as log tables; the caller
+    /// commits the removal of the `ingest` marker. Until it has, a failure
+    /// is completed like an interrupted ingestion.
+    fn ingest_held_log(&self, w: &mut WriterState) -> Result<()> {
+        if w.pending_log.is_empty() {
+            return Ok(());
+        }
+        w.unfinished_ingestion = true;
+        ingest_log_entries(&self.log, w.pending_log.take())
+    }
+
+    /// Writes the held-back change-log entries, if any, and removes the
+    /// `ingest` marker.
+    pub(crate) fn write_held_log(&self, w: &mut WriterState) -> Result<()> {
+        if w.pending_log.is_empty() {
+            return Ok(());
+        }
+        self.ingest_held_log(w)?;
+        let mut batch = self.batch(1);
+        batch.remove(&self.meta, META_INGEST);
+        batch.commit()?;
+        w.unfinished_ingestion = false;
         Ok(())
     }
 }
@@ -392,7 +433,7 @@ const META_INGEST: &[u8] = b"ingest";
 /// Writes change-log entries of remote dots into new log tables. Sorted
 /// here (the engine requires ascending keys); a dot named twice, which only a
 /// misbehaving peer sends (one write under two keys), keeps one entry.
-fn ingest_log_entries(log: &fjall::Keyspace, mut entries: Vec<([u8; keys::LOG_KEY_LEN], fjall::Slice)>) -> Result<()> {
+fn ingest_log_entries(log: &fjall::Keyspace, mut entries: Vec<LogEntry>) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -470,6 +511,81 @@ mod tests {
         assert!(report.is_ok(), "{report:?}");
         assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
         assert_eq!(target.get_record(&keys[7]).expect("get"), source.get_record(&keys[7]).expect("get"));
+    }
+
+    /// `target` after applying, in one ascending batch, the bootstrap of a
+    /// store holding `INGEST_MIN_RECORDS + 100` keys: ingested, with the
+    /// change-log entries of its records held back.
+    fn held_back_bootstrap() -> (tempfile::TempDir, tempfile::TempDir, Db, Db) {
+        let (ds, dt) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let source = Db::open(ds.path(), Options::default()).expect("open");
+        let n = INGEST_MIN_RECORDS + 100;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            let mut b = crate::storage::Batch::new();
+            for i in chunk {
+                b.put(format!("k{i:06}"), "v");
+            }
+            source.write(b).expect("write");
+        }
+        let records: Vec<(Vec<u8>, Record)> = source
+            .snapshot()
+            .catch_up(&VersionVector::new(), None)
+            .expect("catch_up")
+            .map(|r| r.expect("record"))
+            .collect();
+        let target = Db::open(dt.path(), Options::default()).expect("open");
+        let report = target.apply(records, None).expect("apply");
+        assert_eq!(report.ingested, n);
+        assert!(!target.inner.lock_writer().pending_log.is_empty(), "below the memory bound, entries are held");
+        assert!(target.inner.meta.get(META_INGEST).expect("meta").is_some(), "the marker covers held entries");
+        (ds, dt, source, target)
+    }
+
+    /// The log entry of `dot`, read without writing held-back entries.
+    fn logged(db: &Db, dot: Dot) -> bool {
+        let inner = &*db.inner;
+        let snap = inner.engine.snapshot();
+        changelog::lookup(&snap, &inner.log, inner.node_id, dot, |d| inner.corrupt(d)).expect("lookup").is_some()
+    }
+
+    /// Held-back entries are in the log before a raise of the vector can
+    /// cover their dots.
+    #[test]
+    fn held_back_entries_are_written_before_the_vector_is_raised() {
+        let (_ds, _dt, source, target) = held_back_bootstrap();
+        let dot = Dot::new(source.node_id(), 5);
+        assert!(!logged(&target, dot));
+        target.apply(Vec::new(), Some(&source.version_vector())).expect("raise");
+        assert!(target.inner.lock_writer().pending_log.is_empty());
+        assert!(logged(&target, dot));
+        assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
+        assert_eq!(target.version_vector().get(source.node_id()), source.version_vector().get(source.node_id()));
+        assert!(target.verify().expect("verify").is_ok());
+    }
+
+    /// A local write over a key whose entry is held back: the superseded
+    /// dot's entry is not written later.
+    #[test]
+    fn a_write_over_a_held_back_record_leaves_no_entry_for_it() {
+        let (_ds, _dt, source, target) = held_back_bootstrap();
+        let old = source.get_record("k000007").expect("get").expect("present").dots().next().expect("dot");
+        target.put("k000007", "local").expect("put");
+        let report = target.verify().expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        assert!(!logged(&target, old));
+    }
+
+    /// A crash while entries are held back: the reopen restores them.
+    #[test]
+    fn reopen_restores_held_back_entries_lost_in_a_crash() {
+        let (_ds, dt, source, target) = held_back_bootstrap();
+        target.inner.lock_writer().pending_log.clear();
+        drop(target);
+
+        let target = Db::open(dt.path(), Options::default()).expect("reopen");
+        assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
+        assert!(logged(&target, Dot::new(source.node_id(), 5)));
+        assert!(target.verify().expect("verify").is_ok());
     }
 
     /// A crash after an ingestion's tables and before its change-log entries:

@@ -10,7 +10,7 @@ use super::options::Options;
 use crate::clock::{Hlc, HybridClock};
 use crate::version::{NodeId, Seq, VersionVector};
 use fjall::compaction::Leveled;
-use fjall::config::{FilterPolicy, PinningPolicy};
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs;
 use std::io::Write;
@@ -82,6 +82,8 @@ pub(crate) struct WriterState {
     /// An ingestion failed after its data tables were registered: the next
     /// commit completes it first (`Inner::finish_failed_ingestion`).
     pub unfinished_ingestion: bool,
+    /// Change-log entries of ingested records not written yet.
+    pub pending_log: super::pending::PendingLog,
 }
 
 impl Db {
@@ -111,14 +113,16 @@ impl Db {
             .map_err(corrupt)?;
         // A bootstrap in key order adds log entries in random seq order, so
         // every run it adds to L0 spans the whole log, and each compaction
-        // into L1 rewrites all of it: see `LOG_L0_RUNS`. The log is read in
-        // ranges, and its point reads (own blocks) find their key, so it has
-        // no filters: building one buffers a hash of every key of a table.
+        // into L1 rewrites all of it: see `LOG_L0_RUNS`. Its last level, and
+        // the tables a bootstrap ingests, have no filters: building one
+        // buffers a hash of every key of a table, and the log is read in
+        // ranges; a point read of an own block that misses (an overwrite of
+        // a key written in a small batch) probes that level's table once.
         let log = engine
             .keyspace("log", || {
                 memtable(opts.memtable_bytes / 2)()
                     .compaction_strategy(Arc::new(Leveled::default().with_l0_threshold(LOG_L0_RUNS)))
-                    .filter_policy(FilterPolicy::disabled())
+                    .expect_point_read_hits(true)
             })
             .map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
@@ -175,6 +179,7 @@ impl Db {
                     vv,
                     commit_id: 0,
                     unfinished_ingestion: false,
+                    pending_log: Default::default(),
                 }),
                 feed,
                 conflict_feed,
@@ -247,9 +252,14 @@ impl Db {
 }
 
 impl Drop for Inner {
-    /// A clean close: the reservation shrinks to the last seq handed out, so
-    /// the next open continues right after it instead of above the block.
+    /// A clean close: held-back change-log entries are written (or else the
+    /// next open restores them), and the reservation shrinks to the last seq
+    /// handed out, so the next open continues right after it instead of
+    /// above the block.
     fn drop(&mut self) {
+        if let Err(e) = self.write_held_log(&mut self.lock_writer()) {
+            tracing::debug!(error = %e, "could not write held-back change-log entries at close");
+        }
         let w = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
         let last = w.next_seq - 1;
         if last >= w.reserved {

@@ -11,6 +11,7 @@ mod keys;
 mod log;
 mod merge;
 mod options;
+mod pending;
 mod policy;
 mod range;
 mod read;

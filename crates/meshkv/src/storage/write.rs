@@ -112,6 +112,7 @@ impl Db {
             if let Some(old) = &old {
                 for d in old.dots() {
                     log.remove(d);
+                    w.pending_log.supersede(d);
                 }
             }
             log.add(dot, &key);
