@@ -26,6 +26,9 @@ use tokio::sync::broadcast::{self, error::RecvError};
 pub const LOG_DEFAULT: &str = "info,fjall=warn,lsm_tree=warn";
 /// Default data directory.
 const DEFAULT_DATA: &str = "meshkv-data";
+/// Longest busy-poll budget accepted: polling is for round trips of tens of
+/// microseconds, and each answered client may hold a worker this long.
+const MAX_BUSY_POLL_US: u64 = 10_000;
 
 /// Arguments of `meshkv serve`.
 #[derive(Debug, Args)]
@@ -56,7 +59,7 @@ pub struct ServeArgs {
     /// After answering a client, busy-poll its connection this many
     /// microseconds for the next request before sleeping [default: 0, off].
     /// Raises sequential round trips on VMs; costs CPU.
-    #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u64).range(0..=MAX_BUSY_POLL_US))]
     busy_poll_us: Option<u64>,
 }
 
@@ -140,7 +143,10 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
         read_only: args.read_only || file.read_only.unwrap_or(false),
         secret_file: target.secret_file.clone().or(file.secret_file),
         read_only_secret_file: args.read_only_secret_file.clone().or(file.read_only_secret_file),
-        busy_poll_us: args.busy_poll_us.or(file.busy_poll_us).unwrap_or(0),
+        busy_poll_us: match args.busy_poll_us.or(file.busy_poll_us).unwrap_or(0) {
+            us @ 0..=MAX_BUSY_POLL_US => us,
+            us => bail!("busy_poll_us = {us} is over the limit of {MAX_BUSY_POLL_US} microseconds"),
+        },
         limits: file.limits,
     })
 }
@@ -410,6 +416,16 @@ mod tests {
             (s.listen.as_str(), s.peers, s.cluster.as_str()),
             ("127.0.0.1:3", vec!["127.0.0.1:4".to_string()], "z")
         );
+    }
+
+    #[test]
+    fn a_busy_poll_budget_over_the_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "busy_poll_us = 20000\n").unwrap();
+        let (args, target) = parse(&["--config", path.to_str().unwrap()]);
+        let e = settings(&args, &target).unwrap_err();
+        assert!(format!("{e:#}").contains("busy_poll_us"), "{e:#}");
     }
 
     #[test]

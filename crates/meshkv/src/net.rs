@@ -140,7 +140,8 @@ impl FrameReader {
     }
 
     /// Busy-polls the socket for up to `budget` until a whole frame is
-    /// buffered, without yielding to the runtime; returns whether one is.
+    /// buffered, without yielding to the runtime; returns whether [`Self::next`]
+    /// would answer without waiting (a frame, an error, the end of stream).
     /// A round trip on an idle machine waits for the peer's thread to be
     /// woken, and on a virtual machine that wake-up (of a halted virtual
     /// CPU) costs far more than the request; a thread that spins instead is
@@ -149,7 +150,7 @@ impl FrameReader {
         let started = std::time::Instant::now();
         loop {
             if self.failed || self.broken.is_some() || self.ended {
-                return self.broken.is_some();
+                return true;
             }
             if codec::frame_ready(&self.buf[self.start..], self.max_frame) {
                 return true;
@@ -195,15 +196,19 @@ impl BusyPoll {
     }
 
     /// Spins on `reader` until a frame is buffered or the budget is spent,
-    /// then yields if it is time to.
+    /// yielding whenever it is time to, also within a long budget.
     pub async fn wait(&mut self, reader: &mut FrameReader) {
-        if self.budget.is_zero() {
-            return;
-        }
-        reader.spin(self.budget);
-        if self.since_yield.elapsed() >= Self::YIELD_EVERY {
-            tokio::task::yield_now().await;
-            self.since_yield = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        while !self.budget.is_zero() {
+            let left = self.budget.saturating_sub(started.elapsed());
+            let ready = reader.spin(left.min(Self::YIELD_EVERY.saturating_sub(self.since_yield.elapsed())));
+            if self.since_yield.elapsed() >= Self::YIELD_EVERY {
+                tokio::task::yield_now().await;
+                self.since_yield = std::time::Instant::now();
+            }
+            if ready || started.elapsed() >= self.budget {
+                return;
+            }
         }
     }
 }

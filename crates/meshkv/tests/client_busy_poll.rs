@@ -87,3 +87,23 @@ fn a_connection_cut_while_the_client_polls_fails_at_once() {
     assert_eq!(node.db().get("k").expect("local"), Some(b"v".to_vec()));
     node_rt.block_on(node.shutdown());
 }
+
+// One thread for the node and a client whose budget (2 s) dwarfs a round
+// trip: the node can only answer while the client yields, which it does
+// every 0.5 ms however long its budget.
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_budget_still_yields_to_a_node_on_the_same_thread() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let node = start_serving(db, ServerOptions { busy_poll: POLL, ..ServerOptions::default() }).await;
+    let options = ClientOptions { busy_poll: Duration::from_secs(2), ..ClientOptions::default() };
+    let client = Client::connect(node.local_addr().expect("bound"), options).await.expect("connect");
+    let run = async {
+        for i in 0..20u32 {
+            client.put(format!("k{i}"), "v").await.expect("put");
+            assert_eq!(client.get(format!("k{i}")).await.expect("get"), Some(b"v".to_vec()));
+        }
+    };
+    // Without yielding, each request would wait out the 2 s budget.
+    tokio::time::timeout(Duration::from_secs(15), run).await.expect("the polling client starved the node");
+}

@@ -154,11 +154,11 @@ pub(crate) async fn run(
                 let _ = w.events.try_send(WatchEvent::Lagged);
             }
         }
-        // A ping goes out when nothing was sent for `every`, checked every
-        // half of it (not a timer reset per request).
+        // A ping goes out when nothing was sent for `every`; the timer is
+        // re-armed when it fires, not on every request.
         let every = opts.keepalive.max(Duration::from_millis(10));
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every / 2, every / 2);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let keepalive = tokio::time::sleep(every);
+        tokio::pin!(keepalive);
         let mut last_sent = tokio::time::Instant::now();
         let mut busy_poll = BusyPoll::new(opts.busy_poll);
         loop {
@@ -222,8 +222,12 @@ pub(crate) async fn run(
                     }
                     None => break,
                 },
-                _ = keepalive.tick() => if last_sent.elapsed() >= every {
-                    codec::encode(&Message::Ping, &mut out);
+                _ = &mut keepalive => {
+                    if last_sent.elapsed() >= every {
+                        codec::encode(&Message::Ping, &mut out);
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    keepalive.as_mut().reset(last_sent + every);
                 }
             }
         }

@@ -224,6 +224,9 @@ impl Db {
         let mut log = LogEdits::new(inner.node_id);
         let mut encoded = Vec::new();
         let mut removes_own = false;
+        // Noted in the held-back log entries once the batch has committed:
+        // a held entry written before then is hidden by the batch's removal.
+        let mut superseded = Vec::new();
         // Log entries of the remote versions of ingested keys: held back,
         // then ingested as tables (docs/ALGORITHM.md §5).
         let mut log_tables: Vec<LogEntry> = Vec::new();
@@ -238,7 +241,7 @@ impl Db {
             for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
                 removes_own |= d.origin == inner.node_id;
                 log.remove(*d);
-                w.pending_log.supersede(*d);
+                superseded.push(*d);
             }
             for d in new.dots().filter(|d| !old_dots.contains(d)) {
                 // Own dots may belong to blocks, which only `LogEdits` handles.
@@ -309,6 +312,9 @@ impl Db {
         let ceiling = inner.reserve_hlc(w, &mut batch);
         batch.commit()?;
         w.unfinished_ingestion = false;
+        for d in superseded {
+            w.pending_log.supersede(d);
+        }
         w.hlc_ceiling = ceiling;
         for &(origin, seq) in raise {
             w.vv.raise(origin, seq);
@@ -408,8 +414,12 @@ impl Inner {
     }
 
     /// Writes the held-back change-log entries, if any, and removes the
-    /// `ingest` marker.
+    /// `ingest` marker; after a failed ingestion, completes it instead
+    /// (which covers the held entries too).
     pub(crate) fn write_held_log(&self, w: &mut WriterState) -> Result<()> {
+        if w.unfinished_ingestion {
+            return self.finish_failed_ingestion(w);
+        }
         if w.pending_log.is_empty() {
             return Ok(());
         }
@@ -586,6 +596,17 @@ mod tests {
         assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
         assert!(logged(&target, Dot::new(source.node_id(), 5)));
         assert!(target.verify().expect("verify").is_ok());
+    }
+
+    /// A snapshot taken after an ingestion failed in this process sees the
+    /// completed change log (the next commit would complete it too).
+    #[test]
+    fn a_snapshot_completes_a_failed_ingestion() {
+        let (_ds, _dt, _source, target, _keys) = interrupted_ingestion();
+        target.inner.lock_writer().unfinished_ingestion = true;
+        let report = target.verify().expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());
     }
 
     /// A crash after an ingestion's tables and before its change-log entries:

@@ -102,6 +102,8 @@ impl Db {
         let olds = self.read_records_where(&data_keys, &present)?;
         let mut encoded = Vec::new();
         let mut log = LogEdits::new(node);
+        // Noted in the held-back log entries once the batch has committed.
+        let mut superseded = Vec::new();
         // Every own dot stored so far is below `next_seq`.
         let fresh = w.next_seq;
         for (((key, value), data_key), old) in ops.into_iter().zip(data_keys).zip(olds) {
@@ -112,7 +114,7 @@ impl Db {
             if let Some(old) = &old {
                 for d in old.dots() {
                     log.remove(d);
-                    w.pending_log.supersede(d);
+                    superseded.push(d);
                 }
             }
             log.add(dot, &key);
@@ -125,6 +127,9 @@ impl Db {
         log.write_to(&inner.log, fresh, &mut batch, |d| inner.corrupt(d))?;
         let ceiling = inner.reserve_hlc(&w, &mut batch);
         batch.commit()?;
+        for d in superseded {
+            w.pending_log.supersede(d);
+        }
         let last = Dot::new(node, w.next_seq - 1);
         w.vv.raise(node, last.seq);
         w.hlc_ceiling = ceiling;
