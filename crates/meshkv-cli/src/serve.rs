@@ -418,14 +418,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_busy_poll_budget_over_the_limit_is_refused() {
+    /// The error of `serve --config FILE` for a file holding `text`.
+    fn config_error(text: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "busy_poll_us = 20000\n").unwrap();
+        std::fs::write(&path, text).unwrap();
         let (args, target) = parse(&["--config", path.to_str().unwrap()]);
-        let e = settings(&args, &target).unwrap_err();
-        assert!(format!("{e:#}").contains("busy_poll_us"), "{e:#}");
+        format!("{:#}", settings(&args, &target).unwrap_err())
+    }
+
+    #[test]
+    fn a_busy_poll_budget_over_the_limit_is_refused() {
+        let e = config_error("busy_poll_us = 20000\n");
+        assert!(e.contains("busy_poll_us"), "{e}");
     }
 
     #[test]
@@ -472,11 +477,7 @@ mod tests {
 
     #[test]
     fn unknown_config_fields_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "lissen = \"127.0.0.1:1\"\n").unwrap();
-        let (args, target) = parse(&["--config", path.to_str().unwrap()]);
-        let e = settings(&args, &target).unwrap_err();
-        assert!(format!("{e:#}").contains("lissen"), "{e:#}");
+        let e = config_error("lissen = \"127.0.0.1:1\"\n");
+        assert!(e.contains("lissen"), "{e}");
     }
 }
