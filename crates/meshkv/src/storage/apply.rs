@@ -406,9 +406,6 @@ impl Inner {
     /// commits the removal of the `ingest` marker. Until it has, a failure
     /// is completed like an interrupted ingestion.
     fn ingest_held_log(&self, w: &mut WriterState) -> Result<()> {
-        if w.pending_log.is_empty() {
-            return Ok(());
-        }
         w.unfinished_ingestion = true;
         ingest_log_entries(&self.log, w.pending_log.take())
     }
@@ -436,8 +433,8 @@ impl Inner {
 /// ingested as tables: an ingestion costs several `fsync`s.
 const INGEST_MIN_RECORDS: usize = 16 * 1024;
 
-/// Meta key of an ingestion whose change-log entries may not be committed:
-/// the first and last data keys ingested.
+/// Meta key of the ingestions whose change-log entries may not be in the
+/// log (interrupted, or held back): the first and last data keys they cover.
 const META_INGEST: &[u8] = b"ingest";
 
 /// Writes change-log entries of remote dots into new log tables. Sorted
