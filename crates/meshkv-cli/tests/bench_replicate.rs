@@ -35,6 +35,12 @@ fn bench_replicate_json_reports_catch_up_raw_ingest_and_rss() {
     assert!((rate - 2000.0 / seconds).abs() <= 1e-6 * rate, "entries_per_s {rate} != 2000 / {seconds}");
     assert!(raw > 0.0 && raw.is_finite(), "raw_ingest_per_s = {raw}");
     assert!((ratio - rate / raw).abs() <= 1e-9 * ratio.max(1.0), "ratio {ratio} != {rate} / {raw}");
+    // One run: its pair is the ratio, and so is the median.
+    let pairs: Vec<f64> =
+        v["samples_ratio"].as_array().expect("samples_ratio").iter().filter_map(Value::as_f64).collect();
+    assert_eq!(pairs.len(), 1, "samples_ratio: {}", v["samples_ratio"]);
+    assert!((pairs[0] - ratio).abs() <= 1e-9 * ratio.max(1.0), "pair {} != ratio {ratio}", pairs[0]);
+    assert!((num(&v, "ratio_median") - ratio).abs() <= 1e-9 * ratio.max(1.0));
     // The receiver is a separate process: a few MiB at least, far below a GiB here.
     let rss = num(&v, "peak_rss_mb");
     assert!(rss > 1.0 && rss < 1024.0, "peak_rss_mb = {rss}");

@@ -493,12 +493,28 @@ impl Report<'_> {
         raws.iter().map(|r| self.n as f64 / r.elapsed.wall.as_secs_f64().max(1e-9)).collect()
     }
 
+    /// Catch-up rate over raw ingest rate of each run (the two measured
+    /// back to back), and their median: steadier than the ratio of the
+    /// bests when the machine's speed drifts between runs.
+    fn pair_ratios(&self) -> (Vec<f64>, f64) {
+        let n = self.n as f64;
+        let ratios: Vec<f64> = self
+            .catch_ups
+            .iter()
+            .zip(self.raw_rates(&self.raws))
+            .map(|(c, raw)| n / c.seconds.max(1e-9) / raw)
+            .collect();
+        let median = median(ratios.clone());
+        (ratios, median)
+    }
+
     fn to_json(&self, machine: Value) -> Value {
         let n = self.n as f64;
         let best = self.best_catch_up();
         let entries_per_s = n / best.seconds.max(1e-9);
         let raw_rates = self.raw_rates(&self.raws);
         let raw_best = raw_rates.iter().copied().fold(0.0, f64::max);
+        let (pair_ratios, ratio_median) = self.pair_ratios();
         let log_order_rates = self.raw_rates(&self.log_order_raws);
         let log_order_best = log_order_rates.iter().copied().fold(0.0, f64::max);
         let raw_cpu: Option<Vec<f64>> =
@@ -534,7 +550,7 @@ impl Report<'_> {
                 "batch_items": link.batch_items,
             },
             "runs": self.args.runs,
-            "statistic": "best of runs (raw and catch-up runs interleaved ABBA)",
+            "statistic": "best of runs (raw and catch-up runs interleaved ABBA); samples_ratio pairs the catch-up and raw ingest of each run, ratio_median is their median",
             "seconds": best.seconds,
             "entries_per_s": entries_per_s,
             "raw_ingest_per_s": raw_best,
@@ -571,6 +587,8 @@ impl Report<'_> {
             "ratio_vs_log_order_raw": entries_per_s / log_order_best,
             "samples_raw_ingest_log_order_per_s": log_order_rates,
             "raw_ingest_log_order": "the same records, into the same kind of store, in change-log order (origin, seq): hash-scattered keys, the order catch-ups streamed in before key order; measured right after each raw ingest",
+            "samples_ratio": pair_ratios,
+            "ratio_median": ratio_median,
         });
         if let (Some(out), Value::Object(extra)) = (out.as_object_mut(), log_order) {
             out.extend(extra);
@@ -612,5 +630,34 @@ impl Report<'_> {
             f("ratio_vs_log_order_raw"),
             f("peak_rss_mb")
         );
+        if self.args.runs > 1 {
+            let ratios: Vec<String> = self.pair_ratios().0.iter().map(|r| format!("{r:.3}")).collect();
+            println!();
+            println!("ratio of each run (catch-up / the raw ingest next to it): {}", ratios.join(", "));
+            println!("median: {:.3}", f("ratio_median"));
+        }
+    }
+}
+
+/// The median of `values` (NaN if there are none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => values[mid],
+        _ => (values[mid - 1] + values[mid]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![0.7, 0.5, 0.6]), 0.6);
+        assert_eq!(median(vec![0.4, 0.8, 0.5, 0.6]), 0.55);
+        assert!(median(Vec::new()).is_nan());
     }
 }
