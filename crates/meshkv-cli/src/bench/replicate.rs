@@ -631,7 +631,8 @@ impl Report<'_> {
             f("peak_rss_mb")
         );
         if self.args.runs > 1 {
-            let ratios: Vec<String> = self.pair_ratios().0.iter().map(|r| format!("{r:.3}")).collect();
+            let pairs = out["samples_ratio"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let ratios: Vec<String> = pairs.iter().filter_map(Value::as_f64).map(|r| format!("{r:.3}")).collect();
             println!();
             println!("ratio of each run (catch-up / the raw ingest next to it): {}", ratios.join(", "));
             println!("median: {:.3}", f("ratio_median"));
