@@ -38,7 +38,7 @@ fn main() -> meshkv::Result<()> {
     assert_eq!(a.get("user/2")?, b.get("user/2")?, "both nodes picked the same winner");
 
     while let Ok(Some(change)) = feed.try_recv() {
-        let what = change.record.value().map(String::from_utf8_lossy).unwrap_or("<deleted>".into());
+        let what = change.record().value().map(String::from_utf8_lossy).unwrap_or("<deleted>".into());
         println!("feed on b: {} -> {what} conflict={:?}", String::from_utf8_lossy(&change.key), change.conflict);
     }
     Ok(())

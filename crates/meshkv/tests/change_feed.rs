@@ -83,7 +83,7 @@ fn subscribers_see_local_and_remote_changes_in_range() {
     let c1 = sub.try_recv().expect("ok").expect("first");
     assert_eq!(c1.key, b"user/1");
     let c2 = sub.try_recv().expect("ok").expect("second");
-    assert_eq!((c2.key.as_slice(), c2.record.value()), (&b"user/2"[..], Some(&b"remote"[..])));
+    assert_eq!((c2.key.as_slice(), c2.record().value()), (&b"user/2"[..], Some(&b"remote"[..])));
     assert!(sub.try_recv().expect("ok").is_none(), "`other` is out of range");
     let mut sources = Vec::new();
     while let Ok(commit) = tokio_free_recv(&mut all) {

@@ -6,8 +6,8 @@
 mod common;
 use common::{eventually, start};
 
-use meshkv::node::{Node, NodeConfig, NodeEvent};
-use meshkv::protocol::{codec, CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use meshkv::node::{Node, NodeEvent};
+use meshkv::protocol::{codec, CloseReason, Message, Mode};
 use meshkv::storage::{Choice, Conflict, Subscription, Version};
 use meshkv::{ConflictPolicy, Db, Dot, KeyRange, NodeId, Options};
 use std::time::Duration;
@@ -143,18 +143,9 @@ async fn different_policies_never_exchange_data() {
     // default (last-writer-wins) policy fingerprint.
     let reason = tokio::time::timeout(Duration::from_secs(20), async {
         let mut s = tokio::net::TcpStream::connect(addr_2).await.expect("connect");
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            cluster: NodeConfig::default().link.cluster,
-            node: NodeId::random(),
-            role: Role::Peer,
-            mode: Mode::Sync,
-            policy: ConflictPolicy::LastWriterWins.fingerprint(),
-        };
         // The plaintext preamble (magic, no secret), then the Hello frame.
         let mut out = b"MKV1\x00".to_vec();
-        codec::encode(&Message::Hello(hello), &mut out);
+        codec::encode(&common::peer_hello(NodeId::random(), Mode::Sync), &mut out);
         s.write_all(&out).await.expect("send hello");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];

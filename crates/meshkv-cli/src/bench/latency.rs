@@ -246,7 +246,7 @@ async fn read_arrivals(
             Ok(Err(e)) => bail!("B's change feed failed: {e}"),
         };
         let arrival_ns = t0.elapsed().as_nanos() as u64;
-        let Some(value) = change.record.value() else { continue };
+        let Some(value) = change.record().value() else { continue };
         if change.key.len() != KEY_LEN || value.len() < HEADER {
             continue;
         }

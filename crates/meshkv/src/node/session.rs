@@ -522,7 +522,7 @@ impl Session<'_> {
                     out.push(Message::Watch {
                         watch: *watch,
                         key: change.key.clone(),
-                        value: change.record.value().map(<[u8]>::to_vec),
+                        value: change.record().value().map(<[u8]>::to_vec),
                     });
                 }
             }

@@ -1,15 +1,16 @@
 //! Protocol messages: the versioned vocabulary two nodes speak.
 
 use super::request::{RemoteError, Request, Response};
-use crate::storage::{KeySkip, Position, Record, ResumePoint};
+use crate::storage::{EncodedRecord, KeySkip, Position, ResumePoint};
 use crate::version::{NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Magic bytes that open every handshake.
 pub const MAGIC: [u8; 4] = *b"MKV1";
 /// Protocol version spoken by this build. 2: key-order catch-ups
-/// ([`CatchUpOrder`]) and typed resume points.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// ([`CatchUpOrder`]) and typed resume points. 3: records in their storage
+/// encoding ([`Item::record`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Which way data flows on a link, as seen by the node that configures it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -69,8 +70,10 @@ pub struct Item {
     /// The user key.
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
-    /// Its record at the sender.
-    pub record: Record,
+    /// Its record at the sender, in the storage encoding: streamed as
+    /// stored and stored as received. A record that is not well formed
+    /// fails the decoding of the whole message.
+    pub record: EncodedRecord,
 }
 
 /// How a catch-up stream is ordered (docs/ALGORITHM.md §5).

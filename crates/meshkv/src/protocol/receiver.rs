@@ -77,7 +77,7 @@ impl RecvHalf {
                 if self.gathered.items.last().is_some_and(|last| items.first().is_some_and(|i| i.key <= last.key)) {
                     self.flush(db)?;
                 }
-                self.gathered.bytes += items.iter().map(|i| i.key.len() + i.record.encoded_len_hint()).sum::<usize>();
+                self.gathered.bytes += items.iter().map(|i| i.key.len() + i.record.len()).sum::<usize>();
                 self.gathered.items.extend(items);
                 self.gathered.position = position.or(self.gathered.position.take());
                 if !more || self.gathered.bytes >= GATHER_BYTES {

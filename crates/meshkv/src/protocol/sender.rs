@@ -139,9 +139,8 @@ impl SendHalf {
                 let mut items = Vec::new();
                 let mut bytes = 0;
                 while items.len() < self.limits.batch_items && bytes < self.limits.batch_bytes {
-                    let Some(next) = changes.next() else { break };
-                    let (key, record) = next?;
-                    bytes += key.len() + record.encoded_len_hint();
+                    let Some((key, record)) = changes.next_encoded()? else { break };
+                    bytes += key.len() + record.len();
                     items.push(Item { key, record });
                 }
                 if items.is_empty() {
@@ -183,11 +182,12 @@ impl SendHalf {
             let commit = self.queue.pop_front()?;
             for change in &commit.changes {
                 // The peer has its own writes (or what superseded them).
-                if change.record.dots().all(|d| d.origin == self.peer) {
+                if change.dots().all(|d| d.origin == self.peer) {
                     continue;
                 }
-                bytes += change.key.len() + change.record.encoded_len_hint();
-                items.push(Item { key: change.key.clone(), record: change.record.clone() });
+                let record = change.to_encoded();
+                bytes += change.key.len() + record.len();
+                items.push(Item { key: change.key.clone(), record });
             }
             vv = Some(commit.vv.clone());
         }

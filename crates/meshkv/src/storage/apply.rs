@@ -3,6 +3,7 @@
 
 use super::changelog::{self, LogEdits};
 use super::db::{Db, Inner, WriterState};
+use super::encoded::EncodedRecord;
 use super::error::{Error, Result};
 use super::feed::{Change, Conflict, Source};
 use super::keys;
@@ -50,20 +51,23 @@ impl Db {
     /// (or dominated by) what this call and earlier ones applied — for
     /// example the sender's version vector at the snapshot a complete
     /// catch-up was read from. Raising it on partial data breaks coverage.
-    pub fn apply<I>(&self, records: I, covered: Option<&VersionVector>) -> Result<ApplyReport>
+    pub fn apply<I, R>(&self, records: I, covered: Option<&VersionVector>) -> Result<ApplyReport>
     where
-        I: IntoIterator<Item = (Vec<u8>, Record)>,
+        I: IntoIterator<Item = (Vec<u8>, R)>,
+        R: Into<EncodedRecord>,
     {
         self.apply_with(records, ApplyContext { covered, ..ApplyContext::default() })
     }
 
     /// [`apply`](Self::apply) with replication bookkeeping committed in the
-    /// same atomic batch.
-    pub fn apply_with<I>(&self, records: I, ctx: ApplyContext<'_>) -> Result<ApplyReport>
+    /// same atomic batch. Records arrive encoded, as replication carries
+    /// them: one that is new to this store is stored as it came.
+    pub fn apply_with<I, R>(&self, records: I, ctx: ApplyContext<'_>) -> Result<ApplyReport>
     where
-        I: IntoIterator<Item = (Vec<u8>, Record)>,
+        I: IntoIterator<Item = (Vec<u8>, R)>,
+        R: Into<EncodedRecord>,
     {
-        let records: Vec<(Vec<u8>, Record)> = records.into_iter().collect();
+        let records: Vec<(Vec<u8>, EncodedRecord)> = records.into_iter().map(|(k, r)| (k, r.into())).collect();
         if let Some((key, _)) = records.iter().find(|(k, _)| k.len() > KEY_LEN_CEILING) {
             return Err(Error::KeyTooLarge { len: key.len(), max: KEY_LEN_CEILING });
         }
@@ -89,9 +93,9 @@ impl Db {
         let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut max_own_seq = 0;
         for (i, (key, remote)) in records.into_iter().enumerate() {
-            for v in remote.versions() {
-                if v.dot.origin == inner.node_id {
-                    max_own_seq = max_own_seq.max(v.dot.seq);
+            for d in remote.dots() {
+                if d.origin == inner.node_id {
+                    max_own_seq = max_own_seq.max(d.seq);
                 }
             }
             if !w.clock.observe(remote.max_hlc(), now) {
@@ -99,10 +103,20 @@ impl Db {
             }
             let seen = if ascending { None } else { index.get(&key).copied() };
             let current = match seen {
-                Some(j) => Some(touched[j].new.clone()),
+                Some(j) => Some(touched[j].new.to_record()),
                 None => olds[i].take(),
             };
-            let merged = merge(&key, current.as_ref(), remote, &inner.opts.policy);
+            if current.is_none() && remote.is_single() {
+                // The merge into nothing keeps a lone version as it is, so
+                // the record is stored as it came, never decoded.
+                report.changed += 1;
+                if !ascending {
+                    index.insert(key.clone(), touched.len());
+                }
+                touched.push(Touched { key, old: None, new: New::Fresh(remote), conflict: None });
+                continue;
+            }
+            let merged = merge(&key, current.as_ref(), remote.decode(), &inner.opts.policy);
             let conflict = merged
                 .conflict
                 .filter(|c| c.incoming.iter().any(|d| !w.vv.contains(*d)))
@@ -130,14 +144,14 @@ impl Db {
             match seen {
                 Some(j) => {
                     let entry = &mut touched[j];
-                    entry.new = new;
+                    entry.new = New::Merged(new);
                     entry.conflict = conflict.or(entry.conflict.take());
                 }
                 None => {
                     if !ascending {
                         index.insert(key.clone(), touched.len());
                     }
-                    touched.push(Touched { key, old: current, new, conflict });
+                    touched.push(Touched { key, old: current, new: New::Merged(new), conflict });
                 }
             }
         }
@@ -172,7 +186,7 @@ impl Db {
     /// scan gives up, and the remaining keys are read one by one, once it
     /// has stepped over more stored keys than a point read per key would
     /// cost (a batch sparse within a large store).
-    fn read_ascending(&self, records: &[(Vec<u8>, Record)]) -> Result<Vec<Option<Record>>> {
+    fn read_ascending<R>(&self, records: &[(Vec<u8>, R)]) -> Result<Vec<Option<Record>>> {
         let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else { return Ok(Vec::new()) };
         let mut budget = 2 * records.len() + 64;
         let mut scan = self.inner.data.range(keys::data_key(first)..=keys::data_key(last));
@@ -232,9 +246,30 @@ impl Db {
         let mut log_tables: Vec<LogEntry> = Vec::new();
         // Before the batch commits, so the filter never misses a stored key.
         inner.filter.add_all(touched.iter().filter(|t| t.old.is_none()).map(|t| t.key.as_slice()));
+        // Subscribers get the encoding too, which replication forwards.
+        let subscribed = inner.feed.receiver_count() > 0;
         for Touched { key, old, new, conflict } in touched {
+            let new = match new {
+                New::Fresh(record) => {
+                    for d in record.dots() {
+                        if ingest && d.origin != inner.node_id {
+                            log_tables.push((keys::log_key(d), fjall::Slice::new(&key)));
+                        } else {
+                            log.add(d, &key);
+                        }
+                    }
+                    if ingest {
+                        ingestion.push((keys::data_slice(&key), fjall::Slice::new(record.as_bytes())));
+                    } else {
+                        batch.insert(&inner.data, keys::data_slice(&key), record.as_bytes());
+                    }
+                    changes.push(Change::encoded(key, record));
+                    continue;
+                }
+                New::Merged(new) => new,
+            };
             if old.as_ref() == Some(&new) {
-                changes.push(Change { key, record: new, conflict });
+                changes.push(Change::new(key, new, None, conflict));
                 continue;
             }
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
@@ -258,7 +293,8 @@ impl Db {
             } else {
                 batch.insert(&inner.data, keys::data_slice(&key), &encoded[..]);
             }
-            changes.push(Change { key, record: new, conflict });
+            let forwarded = subscribed.then(|| EncodedRecord::from_parts(encoded.clone(), &new));
+            changes.push(Change::new(key, new, forwarded, conflict));
         }
         if let (Some((first, _)), Some((last, _))) = (ingestion.first(), ingestion.last()) {
             // Written before the tables and removed with the batch that
@@ -467,8 +503,25 @@ struct Touched {
     /// The record before this call.
     old: Option<Record>,
     /// The record now.
-    new: Record,
+    new: New,
     conflict: Option<Conflict>,
+}
+
+/// A key's record after an apply.
+enum New {
+    /// A remote record for a key that held none, stored as it came.
+    Fresh(EncodedRecord),
+    /// The result of a merge.
+    Merged(Record),
+}
+
+impl New {
+    fn to_record(&self) -> Record {
+        match self {
+            New::Fresh(e) => e.decode(),
+            New::Merged(r) => r.clone(),
+        }
+    }
 }
 
 /// Entries of `new` that are above `current`.
@@ -562,7 +615,7 @@ mod tests {
         let (_ds, _dt, source, target) = held_back_bootstrap();
         let dot = Dot::new(source.node_id(), 5);
         assert!(!logged(&target, dot));
-        target.apply(Vec::new(), Some(&source.version_vector())).expect("raise");
+        target.apply(Vec::<(Vec<u8>, Record)>::new(), Some(&source.version_vector())).expect("raise");
         assert!(target.inner.lock_writer().pending_log.is_empty());
         assert!(logged(&target, dot));
         assert!(target.inner.meta.get(META_INGEST).expect("meta").is_none());

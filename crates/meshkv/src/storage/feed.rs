@@ -2,10 +2,11 @@
 //! commit order. Backed by a bounded broadcast ring, so a slow subscriber is
 //! told it lagged instead of blocking writers or growing memory.
 
+use super::encoded::EncodedRecord;
 use super::range::KeyRange;
 use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 /// Where a committed change came from.
@@ -31,10 +32,55 @@ pub struct Conflict {
 pub struct Change {
     /// The user key.
     pub key: Vec<u8>,
-    /// Its record after the commit.
-    pub record: Record,
+    /// Its record after the commit, as encoded if it was at hand, decoded
+    /// on first use otherwise: replication forwards the encoding and never
+    /// needs the decoded form.
+    encoded: Option<EncodedRecord>,
+    decoded: OnceLock<Record>,
     /// Set if the change settled concurrent writes.
     pub conflict: Option<Conflict>,
+}
+
+impl Change {
+    /// A change to `record`; `encoded`, if given, must be its encoding.
+    pub(crate) fn new(
+        key: Vec<u8>,
+        record: Record,
+        encoded: Option<EncodedRecord>,
+        conflict: Option<Conflict>,
+    ) -> Self {
+        Change { key, encoded, decoded: OnceLock::from(record), conflict }
+    }
+
+    /// A change to the record `encoded`, decoded only if asked for.
+    pub(crate) fn encoded(key: Vec<u8>, encoded: EncodedRecord) -> Self {
+        Change { key, encoded: Some(encoded), decoded: OnceLock::new(), conflict: None }
+    }
+
+    /// The key's record after the commit.
+    pub fn record(&self) -> &Record {
+        self.decoded.get_or_init(|| match &self.encoded {
+            Some(e) => e.decode(),
+            None => unreachable!("a change holds its record decoded, encoded or both"),
+        })
+    }
+
+    /// Dots of the record's current versions.
+    pub(crate) fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        let (encoded, decoded) = match &self.encoded {
+            Some(e) => (Some(e.dots()), None),
+            None => (None, Some(self.record().dots())),
+        };
+        encoded.into_iter().flatten().chain(decoded.into_iter().flatten())
+    }
+
+    /// The record in its storage encoding.
+    pub(crate) fn to_encoded(&self) -> EncodedRecord {
+        match &self.encoded {
+            Some(e) => e.clone(),
+            None => EncodedRecord::from_record(self.record()),
+        }
+    }
 }
 
 /// One atomic commit as published on the feed.

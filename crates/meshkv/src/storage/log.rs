@@ -17,9 +17,10 @@
 
 use super::changelog;
 use super::db::Db;
+use super::encoded::EncodedRecord;
 use super::error::{Error, Result};
 use super::keys;
-use super::read::{decode, Snapshot};
+use super::read::Snapshot;
 use super::record::Record;
 use crate::version::{Dot, NodeId, VersionVector};
 use fjall::Readable;
@@ -224,7 +225,16 @@ impl ChangesSince {
         Ok(true)
     }
 
-    fn next_in_log_order(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
+    /// The next item, its record as stored (checked well formed, not
+    /// decoded): a catch-up passes it on as it is.
+    pub fn next_encoded(&mut self) -> Result<Option<(Vec<u8>, EncodedRecord)>> {
+        match self.walk {
+            Walk::Log { .. } => self.next_in_log_order(),
+            Walk::Key { .. } => self.next_in_key_order(),
+        }
+    }
+
+    fn next_in_log_order(&mut self) -> Result<Option<(Vec<u8>, EncodedRecord)>> {
         loop {
             let Walk::Log { iter, pending, .. } = &mut self.walk else { return Ok(None) };
             let Some((dot, key)) = pending.pop_front() else {
@@ -247,10 +257,12 @@ impl ChangesSince {
                 pending.extend(dots.into_iter().filter(|(d, _)| !since.contains(*d)).map(|(d, k)| (d, k.to_vec())));
                 continue;
             };
-            let Some(record) = self.snap.get_record(&key)? else {
+            let db = &self.snap.db;
+            let Some(raw) = self.snap.snap.get(&db.data, keys::data_key(&key))? else {
                 return Err(self.corrupt("change-log entry points to a missing record"));
             };
-            if !record.has_dot(dot) {
+            let record = parse(&key, &raw)?;
+            if !record.dots().any(|d| d == dot) {
                 return Err(self.corrupt("change-log entry points to a superseded record"));
             }
             // A record with several uncovered versions is sent once: at the
@@ -263,12 +275,12 @@ impl ChangesSince {
         }
     }
 
-    fn next_in_key_order(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
+    fn next_in_key_order(&mut self) -> Result<Option<(Vec<u8>, EncodedRecord)>> {
         let Walk::Key { iter, skip } = &mut self.walk else { return Ok(None) };
         for guard in iter.by_ref() {
             let (dkey, raw) = guard.into_inner()?;
             let key = keys::user_key(&dkey);
-            let record = decode(key, &raw)?;
+            let record = parse(key, &raw)?;
             let skipped = skip.as_ref().filter(|s| key <= s.key.as_slice()).map(|s| &s.covered);
             let wanted = record.dots().any(|d| !self.since.contains(d) && !skipped.is_some_and(|c| c.contains(d)));
             if wanted {
@@ -282,14 +294,16 @@ impl ChangesSince {
     }
 }
 
+/// The stored record of user key `key`, checked well formed.
+fn parse(key: &[u8], raw: &[u8]) -> Result<EncodedRecord> {
+    EncodedRecord::parse(raw.to_vec()).ok_or_else(|| Error::CorruptRecord { key: key.to_vec() })
+}
+
+/// Items with their records decoded.
 impl Iterator for ChangesSince {
     type Item = Result<(Vec<u8>, Record)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.walk {
-            Walk::Log { .. } => self.next_in_log_order(),
-            Walk::Key { .. } => self.next_in_key_order(),
-        }
-        .transpose()
+        self.next_encoded().map(|next| next.map(|(key, record)| (key, record.decode()))).transpose()
     }
 }

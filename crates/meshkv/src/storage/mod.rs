@@ -4,6 +4,7 @@
 mod apply;
 mod changelog;
 mod db;
+mod encoded;
 mod error;
 mod feed;
 mod filter;
@@ -21,6 +22,7 @@ mod write;
 
 pub use apply::{ApplyContext, ApplyReport};
 pub use db::Db;
+pub use encoded::EncodedRecord;
 pub use error::{Error, Result};
 pub use feed::{Change, Commit, Conflict, ConflictEvent, ConflictSubscription, FeedError, Source, Subscription};
 pub use filter::KeyFilterStats;

@@ -11,7 +11,7 @@ use crate::version::{Dot, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Leading byte of every encoded record; bump on incompatible change.
-const RECORD_FORMAT: u8 = 1;
+pub(super) const RECORD_FORMAT: u8 = 1;
 
 /// One write of one key: its identity, timestamp, causal context and value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

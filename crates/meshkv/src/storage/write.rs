@@ -5,6 +5,7 @@
 
 use super::changelog::LogEdits;
 use super::db::{Db, Inner, WriterState, HLC_RESERVATION_MS, SEQ_RESERVATION};
+use super::encoded::EncodedRecord;
 use super::error::{Error, Result};
 use super::feed::{Change, Commit, ConflictEvent, Source};
 use super::keys;
@@ -121,7 +122,8 @@ impl Db {
             record.encode_into(&mut encoded);
             batch.insert(&inner.data, data_key, &encoded[..]);
             if publish {
-                changes.push(Change { key, record, conflict: None });
+                let encoded = EncodedRecord::from_parts(encoded.clone(), &record);
+                changes.push(Change::new(key, record, Some(encoded), None));
             }
         }
         log.write_to(&inner.log, fresh, &mut batch, |d| inner.corrupt(d))?;

@@ -232,6 +232,21 @@ pub fn client_hello() -> meshkv::protocol::Message {
     })
 }
 
+/// The `Hello` of a peer `node` running the default cluster name and
+/// conflict policy, for raw connections.
+pub fn peer_hello(node: meshkv::NodeId, mode: meshkv::protocol::Mode) -> meshkv::protocol::Message {
+    use meshkv::protocol::{Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
+    Message::Hello(Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        cluster: meshkv::node::NodeConfig::default().link.cluster,
+        node,
+        role: Role::Peer,
+        mode,
+        policy: meshkv::ConflictPolicy::LastWriterWins.fingerprint(),
+    })
+}
+
 /// A validation hook refusing, with `message`, any write touching a key
 /// under `prefix`; counts its calls in `calls`.
 pub fn forbid_prefix(

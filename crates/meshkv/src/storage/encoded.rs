@@ -1,0 +1,292 @@
+//! Records in their storage encoding, as replication moves them: read from
+//! the data keyspace, sent, received and stored again without being decoded
+//! on the way (docs/ALGORITHM.md §6, "Framing").
+//!
+//! An [`EncodedRecord`] is checked well-formed when it is made, by a parse
+//! that reads each version's dot and timestamp and borrows its value instead
+//! of copying it; it accepts exactly the bytes [`Record::decode`] accepts.
+
+use super::record::{Record, RECORD_FORMAT};
+use crate::clock::Hlc;
+use crate::version::{Dot, NodeId, Seq};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A well-formed record in the storage encoding ([`Record::encode`]), with
+/// the dots and highest timestamp of its versions.
+#[derive(Clone, Debug)]
+pub struct EncodedRecord {
+    bytes: Vec<u8>,
+    /// The first version's dot; the others in `more`.
+    first: Dot,
+    more: Vec<Dot>,
+    max_hlc: Hlc,
+}
+
+impl EncodedRecord {
+    /// Takes `bytes` if they are a well-formed encoded record.
+    pub fn parse(bytes: Vec<u8>) -> Option<Self> {
+        let (&format, body) = bytes.split_first()?;
+        if format != RECORD_FORMAT {
+            return None;
+        }
+        let view: RecordView = postcard::from_bytes(body).ok()?;
+        let Versions { first, more, max_hlc } = view.versions;
+        let first = first?;
+        if view.winner as usize > more.len() {
+            return None;
+        }
+        Some(EncodedRecord { bytes, first, more, max_hlc })
+    }
+
+    /// Encodes `record`.
+    pub fn from_record(record: &Record) -> Self {
+        Self::from_parts(record.encode(), record)
+    }
+
+    /// `bytes` as the encoding of `record` (which the caller guarantees).
+    pub(crate) fn from_parts(bytes: Vec<u8>, record: &Record) -> Self {
+        let mut dots = record.dots();
+        let first = dots.next().unwrap_or_else(|| unreachable!("a record has a version"));
+        EncodedRecord { bytes, first, more: dots.collect(), max_hlc: record.max_hlc() }
+    }
+
+    /// The encoding.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Length of the encoding in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always `false`: an encoded record holds at least a version.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Dots of the current versions, in the record's order.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
+
+    /// Whether the record holds a single version.
+    pub fn is_single(&self) -> bool {
+        self.more.is_empty()
+    }
+
+    /// Highest HLC among the versions.
+    pub fn max_hlc(&self) -> Hlc {
+        self.max_hlc
+    }
+
+    /// Decodes the record.
+    pub fn decode(&self) -> Record {
+        Record::decode(&self.bytes)
+            .unwrap_or_else(|| unreachable!("an encoded record was parsed, and the parse accepts what decode does"))
+    }
+}
+
+impl PartialEq for EncodedRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for EncodedRecord {}
+
+impl From<Record> for EncodedRecord {
+    fn from(record: Record) -> Self {
+        EncodedRecord::from_record(&record)
+    }
+}
+
+impl From<&Record> for EncodedRecord {
+    fn from(record: &Record) -> Self {
+        EncodedRecord::from_record(record)
+    }
+}
+
+/// A byte string on the wire; one that is not a well-formed record fails
+/// the decoding of the message that carries it.
+impl Serialize for EncodedRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodedRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec();
+        EncodedRecord::parse(bytes).ok_or_else(|| serde::de::Error::custom("malformed record"))
+    }
+}
+
+/// [`Record`]'s layout, keeping what [`EncodedRecord`] needs.
+#[derive(Deserialize)]
+struct RecordView {
+    versions: Versions,
+    winner: u32,
+}
+
+/// [`Version`](super::Version)'s layout; the value is borrowed and the
+/// causal context read without being stored.
+#[derive(Deserialize)]
+struct VersionView<'a> {
+    dot: Dot,
+    hlc: Hlc,
+    _deps: SkippedDeps,
+    #[serde(borrow)]
+    _value: Option<&'a [u8]>,
+}
+
+/// The dots and highest timestamp of a sequence of [`VersionView`]s.
+struct Versions {
+    first: Option<Dot>,
+    more: Vec<Dot>,
+    max_hlc: Hlc,
+}
+
+impl<'de> Deserialize<'de> for Versions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Versions;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of versions")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Versions, A::Error> {
+                let mut out = Versions { first: None, more: Vec::new(), max_hlc: Hlc::default() };
+                while let Some(v) = seq.next_element::<VersionView<'de>>()? {
+                    match out.first {
+                        None => out.first = Some(v.dot),
+                        Some(_) => out.more.push(v.dot),
+                    }
+                    out.max_hlc = out.max_hlc.max(v.hlc);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
+}
+
+/// A version vector's layout (a sequence of `(origin, seq)`), read and
+/// dropped.
+struct SkippedDeps;
+
+impl<'de> Deserialize<'de> for SkippedDeps {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SkippedDeps;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a version vector")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SkippedDeps, A::Error> {
+                while seq.next_element::<(NodeId, Seq)>()?.is_some() {}
+                Ok(SkippedDeps)
+            }
+        }
+        // The derived `Deserialize` of `VersionVector` reads a newtype
+        // around a sequence; postcard encodes the newtype as its content.
+        deserializer.deserialize_newtype_struct("VersionVector", NewtypeVisitor(Visitor))
+    }
+}
+
+/// Visits a newtype struct by handing its content to `V` as a sequence.
+struct NewtypeVisitor<V>(V);
+
+impl<'de, V: serde::de::Visitor<'de, Value = SkippedDeps>> serde::de::Visitor<'de> for NewtypeVisitor<V> {
+    type Value = SkippedDeps;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a version vector")
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<SkippedDeps, D::Error> {
+        deserializer.deserialize_seq(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::record::Version;
+    use crate::version::VersionVector;
+
+    fn v(origin: u64, seq: u64, deps: &[(u64, u64)], value: Option<&[u8]>) -> Version {
+        Version {
+            dot: Dot::new(NodeId(origin), seq),
+            hlc: Hlc::new(1000 + seq, origin as u16),
+            deps: deps.iter().map(|&(o, s)| (NodeId(o), s)).collect::<VersionVector>(),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn parse_reads_dots_and_timestamp() {
+        let r = Record::from_frontier(vec![v(2, 5, &[(1, 3)], Some(b"x")), v(1, 4, &[], None)], Dot::new(NodeId(2), 5))
+            .expect("winner present");
+        let e = EncodedRecord::parse(r.encode()).expect("parses");
+        assert_eq!(e.dots().collect::<Vec<_>>(), r.dots().collect::<Vec<_>>());
+        assert_eq!(e.max_hlc(), r.max_hlc());
+        assert!(!e.is_single());
+        assert_eq!(e.decode(), r);
+        assert_eq!(e, EncodedRecord::from_record(&r));
+    }
+
+    #[test]
+    fn garbage_is_refused_on_the_wire() {
+        let mut bytes = Record::single(v(1, 1, &[], Some(b"v"))).encode();
+        bytes.truncate(bytes.len() - 1);
+        let frame = postcard::to_stdvec(serde_bytes::Bytes::new(&bytes)).expect("encode");
+        assert!(postcard::from_bytes::<EncodedRecord>(&frame).is_err());
+        let good = EncodedRecord::from_record(&Record::single(v(1, 1, &[(2, 2)], Some(b"v"))));
+        let frame = postcard::to_stdvec(&good).expect("encode");
+        assert_eq!(postcard::from_bytes::<EncodedRecord>(&frame).expect("decodes"), good);
+    }
+
+    proptest::proptest! {
+        /// The parse accepts exactly what `Record::decode` accepts, and reads
+        /// the same dots and timestamp.
+        #[test]
+        fn parse_agrees_with_decode(
+            versions in proptest::collection::vec(
+                (1u64..4, 1u64..1000, proptest::collection::vec((1u64..5, 1u64..300), 0..3),
+                 proptest::option::of("[a-z]{0,20}")),
+                1..4),
+            winner in 0usize..4,
+            cut in 0usize..80,
+            flip in proptest::option::of((0usize..80, 0u8..=255)),
+        ) {
+            let versions: Vec<Version> = versions
+                .iter()
+                .map(|(origin, seq, deps, value)| v(*origin, *seq, deps, value.as_deref().map(str::as_bytes)))
+                .collect();
+            let winner = versions[winner % versions.len()].dot;
+            let record = Record::from_frontier(versions, winner).expect("winner present");
+            let mut bytes = record.encode();
+            let parsed = EncodedRecord::parse(bytes.clone()).expect("parses");
+            proptest::prop_assert_eq!(parsed.dots().collect::<Vec<_>>(), record.dots().collect::<Vec<_>>());
+            proptest::prop_assert_eq!(parsed.max_hlc(), record.max_hlc());
+            if let Some((at, byte)) = flip {
+                if let Some(b) = bytes.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            bytes.truncate(cut.max(1).min(bytes.len()));
+            let decoded = Record::decode(&bytes);
+            let parsed = EncodedRecord::parse(bytes);
+            proptest::prop_assert_eq!(parsed.is_some(), decoded.is_some());
+            if let (Some(p), Some(d)) = (parsed, decoded) {
+                proptest::prop_assert_eq!(p.dots().collect::<Vec<_>>(), d.dots().collect::<Vec<_>>());
+                proptest::prop_assert_eq!(p.max_hlc(), d.max_hlc());
+            }
+        }
+    }
+}
