@@ -42,13 +42,17 @@ pub struct ServeArgs {
     /// A peer to replicate with (repeatable; replaces the config file's peers).
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
-    /// TOML file with `data`, `listen`, `peers`, `cluster`, `read_only`;
-    /// flags override it. Relative paths in it are relative to the file.
+    /// TOML file with `data`, `listen`, `peers`, `cluster`, `read_only`,
+    /// `metrics`; flags override it. Relative paths in it are relative to the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Refuse writes from remote clients (replication still flows).
     #[arg(long)]
     read_only: bool,
+    /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics
+    /// (counters and peer addresses, no data; no credentials asked).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// File with a second secret that gives clients read-only access.
     #[arg(long, value_name = "FILE")]
     read_only_secret_file: Option<PathBuf>,
@@ -72,6 +76,7 @@ struct FileConfig {
     peers: Option<Vec<String>>,
     cluster: Option<String>,
     read_only: Option<bool>,
+    metrics: Option<String>,
     secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
     busy_poll_us: Option<u64>,
@@ -114,6 +119,7 @@ struct Settings {
     peers: Vec<String>,
     cluster: String,
     read_only: bool,
+    metrics: Option<String>,
     secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
     busy_poll_us: u64,
@@ -141,6 +147,7 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
         peers: if args.peers.is_empty() { file.peers.unwrap_or_default() } else { args.peers.clone() },
         cluster: target.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         read_only: args.read_only || file.read_only.unwrap_or(false),
+        metrics: args.metrics.clone().or(file.metrics),
         secret_file: target.secret_file.clone().or(file.secret_file),
         read_only_secret_file: args.read_only_secret_file.clone().or(file.read_only_secret_file),
         busy_poll_us: match args.busy_poll_us.or(file.busy_poll_us).unwrap_or(0) {
@@ -237,7 +244,8 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
     let s = settings(&args, &target)?;
     let listen = resolve("listen", &s.listen)?;
     let peers = s.peers.iter().map(|p| resolve("peer", p).map(|a| (a, Mode::Sync))).collect::<Result<Vec<_>>>()?;
-    let cfg = node_config(&s, listen, peers, args.insecure)?;
+    let mut cfg = node_config(&s, listen, peers, args.insecure)?;
+    cfg.metrics = s.metrics.as_deref().map(|m| resolve("metrics", m)).transpose()?;
     let options = store_options(&s, cfg.max_frame)?;
     let secured = cfg.security.is_enabled();
     let runtime =
@@ -366,6 +374,7 @@ mod tests {
                 peers: vec![],
                 cluster: "meshkv".into(),
                 read_only: false,
+                metrics: None,
                 secret_file: None,
                 read_only_secret_file: None,
                 busy_poll_us: 0,

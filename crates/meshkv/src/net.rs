@@ -80,12 +80,30 @@ pub(crate) struct FrameReader {
     /// Bytes read during [`Self::spin`] failed to decrypt: reported by
     /// [`Self::try_next`] after the frames before them.
     broken: Option<String>,
+    /// Bytes of the frames decoded so far (plaintext, with their headers).
+    decoded: u64,
 }
 
 impl FrameReader {
     fn new(rd: OwnedReadHalf, opener: Opener, plain: Vec<u8>, max_frame: usize) -> Self {
         let chunk = vec![0u8; READ_CHUNK].into_boxed_slice();
-        FrameReader { rd, opener, buf: plain, chunk, start: 0, max_frame, failed: false, ended: false, broken: None }
+        FrameReader {
+            rd,
+            opener,
+            buf: plain,
+            chunk,
+            start: 0,
+            max_frame,
+            failed: false,
+            ended: false,
+            broken: None,
+            decoded: 0,
+        }
+    }
+
+    /// Bytes of the frames decoded so far (plaintext, with their headers).
+    pub fn decoded_bytes(&self) -> u64 {
+        self.decoded
     }
 
     /// Changes the largest frame accepted from now on.
@@ -102,6 +120,7 @@ impl FrameReader {
         match codec::decode(&self.buf[self.start..], self.max_frame) {
             Ok(Some((msg, used))) => {
                 self.start += used;
+                self.decoded += used as u64;
                 Some(Ok(msg))
             }
             Ok(None) => {

@@ -4,7 +4,7 @@
 //! direction can stall the other.
 
 use super::admission::Ticket;
-use super::registry::{Claim, Registry};
+use super::registry::{Claim, LinkCounts, Registry};
 use super::session::{self, RetryCache, ServerOptions};
 use super::NodeEvent;
 use crate::net::{self, EstablishError, FrameReader, FrameWriter};
@@ -14,6 +14,7 @@ use crate::secure::{Access, SecureError, Security, Side};
 use crate::storage::{Db, FeedError};
 use crate::KeyRange;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -214,9 +215,11 @@ async fn run_link(
     first: Option<Result<Message, String>>,
 ) -> Ended {
     let (in_tx, incoming) = mpsc::channel::<Result<Message, String>>(16);
-    let reader = tokio::spawn(read_frames(frames, in_tx));
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn(read_frames(frames, in_tx, Arc::clone(&received)));
     let conn = ctx.registry.new_connection(addr);
-    let ended = drive(&ctx, incoming, writer, first, addr, cfg, dialed, conn).await;
+    let link = LinkIo { incoming, writer, received };
+    let ended = drive(&ctx, link, first, addr, cfg, dialed, conn).await;
     reader.abort();
     ctx.registry.release(conn);
     if let Some(peer) = ended.peer {
@@ -225,17 +228,25 @@ async fn run_link(
     ended
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A link's side of its connection: decoded frames in, frames out, and the
+/// count of frame bytes the reader has decoded.
+struct LinkIo {
+    incoming: Incoming,
+    writer: FrameWriter,
+    received: Arc<AtomicU64>,
+}
+
 async fn drive(
     ctx: &ConnCtx,
-    mut in_rx: Incoming,
-    mut writer: FrameWriter,
+    io: LinkIo,
     first: Option<Result<Message, String>>,
     addr: SocketAddr,
     cfg: LinkConfig,
     dialed: bool,
     conn: u64,
 ) -> Ended {
+    let LinkIo { incoming: mut in_rx, mut writer, received } = io;
+    let mut bytes_sent = 0u64;
     let tick_ms = cfg.ping_ms.clamp(10, 1_000);
     // Subscribe before the link exists so no commit after its snapshot is missed.
     let mut feed = ctx.db.subscribe(KeyRange::all());
@@ -273,11 +284,23 @@ async fn drive(
                     }
                 }
             }
+            bytes_sent += out.len() as u64;
             if writer.queue_frames(&out).is_err() {
                 peer_gone = true;
                 link.close(CloseReason::Shutdown);
             }
         }
+        let counts = |link: &Link, lag: u64| {
+            let (sent, received_items) = link.item_counts();
+            LinkCounts {
+                sent,
+                received: received_items,
+                lag,
+                sync: link.catch_up_progress(),
+                bytes_sent,
+                bytes_received: received.load(Ordering::Relaxed),
+            }
+        };
         while let Some(ev) = link.poll_event() {
             match ev {
                 LinkEvent::Connected { peer } => {
@@ -297,8 +320,7 @@ async fn drive(
                 }
                 LinkEvent::CaughtUp { peer } => {
                     // Counts first: whoever hears the event reads them.
-                    let (sent, received) = link.item_counts();
-                    ctx.registry.set_counts(conn, sent, received, lag, link.catch_up_progress());
+                    ctx.registry.set_counts(conn, counts(&link, lag));
                     ctx.registry.set_live(conn);
                     tracing::info!(%addr, %peer, "caught up");
                     let _ = ctx.events.send(NodeEvent::CaughtUp { peer });
@@ -333,8 +355,7 @@ async fn drive(
             }
             break;
         }
-        let (sent, received) = link.item_counts();
-        ctx.registry.set_counts(conn, sent, received, lag, link.catch_up_progress());
+        ctx.registry.set_counts(conn, counts(&link, lag));
 
         tokio::select! {
             // Unbiased: a busy socket must not starve the feed (whose ring
@@ -395,8 +416,9 @@ fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Messa
 
 /// Forwards frames to the link task until EOF or a malformed frame (which
 /// is forwarded as an error).
-async fn read_frames(mut frames: FrameReader, tx: mpsc::Sender<Result<Message, String>>) {
+async fn read_frames(mut frames: FrameReader, tx: mpsc::Sender<Result<Message, String>>, decoded: Arc<AtomicU64>) {
     while let Some(m) = frames.next().await {
+        decoded.store(frames.decoded_bytes(), Ordering::Relaxed);
         if tx.send(m).await.is_err() {
             return;
         }

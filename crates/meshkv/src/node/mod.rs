@@ -7,6 +7,7 @@ mod admission;
 mod connection;
 mod dialer;
 mod group;
+mod metrics;
 mod registry;
 mod session;
 
@@ -59,6 +60,10 @@ pub struct NodeConfig {
     pub security: Security,
     /// Allow a non-loopback listener without a secret (trusted networks only).
     pub allow_insecure: bool,
+    /// Address of an HTTP listener serving Prometheus metrics at
+    /// `/metrics` (`None`: no metrics endpoint). It exposes counters and
+    /// peer addresses, never data, and needs no credentials.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +81,7 @@ impl Default for NodeConfig {
             server: ServerOptions::default(),
             security: Security::default(),
             allow_insecure: false,
+            metrics: None,
         }
     }
 }
@@ -156,6 +162,8 @@ pub enum NodeError {
 pub struct Node {
     db: Db,
     local_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Arc<metrics::NodeMetrics>,
     registry: Arc<Registry>,
     events: broadcast::Sender<NodeEvent>,
     shutdown: watch::Sender<bool>,
@@ -187,6 +195,11 @@ impl Node {
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics_listener = match cfg.metrics {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (events, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let registry = Arc::new(Registry::new());
@@ -212,8 +225,23 @@ impl Node {
             security: cfg.security.clone(),
             started: Instant::now(),
         };
-        let mut node =
-            Node { db, local_addr, registry, events, shutdown, tasks: JoinSet::new(), ctx, cfg: cfg.clone() };
+        let metrics = Arc::new(metrics::NodeMetrics::new(db.clone(), Arc::clone(&registry), ctx.started));
+        let mut node = Node {
+            db,
+            local_addr,
+            metrics_addr,
+            metrics,
+            registry,
+            events,
+            shutdown,
+            tasks: JoinSet::new(),
+            ctx,
+            cfg: cfg.clone(),
+        };
+        if let (Some(listener), Some(addr)) = (metrics_listener, metrics_addr) {
+            tracing::info!(%addr, "serving metrics at /metrics");
+            node.tasks.spawn(metrics::serve(listener, Arc::clone(&node.metrics), node.ctx.shutdown.clone()));
+        }
         if let Some(listener) = listener {
             if let Some(addr) = local_addr {
                 tracing::info!(%addr, node = %node.db.node_id(), secured = cfg.security.is_enabled(), "listening");
@@ -238,6 +266,17 @@ impl Node {
     /// The address the listener is bound to (with the real port if 0 was asked).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// The address the metrics endpoint is bound to, if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The node's metrics in the Prometheus text format, as the metrics
+    /// endpoint serves them.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
     }
 
     /// Events about links; each subscriber sees those after it subscribed.
@@ -320,23 +359,32 @@ async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shu
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: ConnCtx, cfg: NodeConfig) {
-    let admission = admission::Admission::new(cfg.max_handshaking, cfg.max_connections);
-    let mut shutdown = ctx.shutdown.clone();
+/// The next connection on `listener`, or `None` once shutdown is signalled.
+async fn accept_next(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             res = listener.accept() => res,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return None,
         };
-        let (stream, addr) = match accepted {
-            Ok(x) => x,
+        match accepted {
+            Ok(x) => return Some(x),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, listener = what, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: ConnCtx, cfg: NodeConfig) {
+    let admission = admission::Admission::new(cfg.max_handshaking, cfg.max_connections);
+    let mut shutdown = ctx.shutdown.clone();
+    while let Some((stream, addr)) = accept_next(&listener, &mut shutdown, "peers and clients").await {
         let ticket = admission.start(addr.ip());
         let ctx = ctx.clone();
         let link = LinkConfig { mode: cfg.accept_mode, ..cfg.link.clone() };

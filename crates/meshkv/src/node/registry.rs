@@ -6,6 +6,7 @@ use crate::version::NodeId;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Lifecycle of a peer as shown by [`Node::peers`](super::Node::peers).
@@ -38,6 +39,41 @@ pub struct PeerStatus {
     /// While a catch-up from the peer runs: records applied and an upper
     /// bound of the total.
     pub sync: Option<(u64, u64)>,
+    /// Frame bytes sent over the current connection (plaintext, with headers).
+    pub bytes_sent: u64,
+    /// Frame bytes received over the current connection.
+    pub bytes_received: u64,
+    /// Since when `lag` has been above zero without interruption (`None`
+    /// while it is zero).
+    pub behind_since: Option<Instant>,
+}
+
+impl PeerStatus {
+    fn new(addr: SocketAddr, node_id: Option<NodeId>) -> Self {
+        PeerStatus {
+            addr,
+            node_id,
+            state: PeerState::Connecting,
+            sent: 0,
+            received: 0,
+            lag: 0,
+            sync: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            behind_since: None,
+        }
+    }
+}
+
+/// What a connection reports about its link.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LinkCounts {
+    pub sent: u64,
+    pub received: u64,
+    pub lag: u64,
+    pub sync: Option<(u64, u64)>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 pub(crate) struct Registry {
@@ -79,10 +115,7 @@ impl Registry {
         let mut g = self.lock();
         g.next_conn += 1;
         let id = g.next_conn;
-        g.status.insert(
-            id,
-            PeerStatus { addr, node_id: None, state: PeerState::Connecting, sent: 0, received: 0, lag: 0, sync: None },
-        );
+        g.status.insert(id, PeerStatus::new(addr, None));
         id
     }
 
@@ -127,12 +160,15 @@ impl Registry {
         }
     }
 
-    pub fn set_counts(&self, conn: u64, sent: u64, received: u64, lag: u64, sync: Option<(u64, u64)>) {
+    pub fn set_counts(&self, conn: u64, c: LinkCounts) {
         if let Some(s) = self.lock().status.get_mut(&conn) {
-            s.sent = sent;
-            s.received = received;
-            s.lag = lag;
-            s.sync = sync;
+            s.sent = c.sent;
+            s.received = c.received;
+            s.lag = c.lag;
+            s.sync = c.sync;
+            s.bytes_sent = c.bytes_sent;
+            s.bytes_received = c.bytes_received;
+            s.behind_since = if c.lag == 0 { None } else { s.behind_since.or_else(|| Some(Instant::now())) };
         }
     }
 
@@ -153,15 +189,7 @@ impl Registry {
         for addr in g.dial.keys() {
             let connected = g.addr_ids.get(addr).is_some_and(|id| g.links.contains_key(id));
             if !connected && !g.own_addrs.contains(addr) && !v.iter().any(|s| s.addr == *addr) {
-                v.push(PeerStatus {
-                    addr: *addr,
-                    node_id: g.addr_ids.get(addr).copied(),
-                    state: PeerState::Connecting,
-                    sent: 0,
-                    received: 0,
-                    lag: 0,
-                    sync: None,
-                });
+                v.push(PeerStatus::new(*addr, g.addr_ids.get(addr).copied()));
             }
         }
         v.sort_by_key(|s| (s.addr, s.node_id));
@@ -214,5 +242,27 @@ impl Registry {
                 let _ = c.send(CloseReason::Shutdown);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `behind_since` keeps the moment the lag started until it is zero again.
+    #[test]
+    fn lag_start_is_kept_until_caught_up() {
+        let r = Registry::new();
+        let conn = r.new_connection(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let status = |r: &Registry| r.statuses().into_iter().next().expect("one connection");
+        r.set_counts(conn, LinkCounts { lag: 3, ..LinkCounts::default() });
+        let since = status(&r).behind_since.expect("lagging");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        r.set_counts(conn, LinkCounts { lag: 7, ..LinkCounts::default() });
+        assert_eq!(status(&r).behind_since, Some(since), "still the same stretch of lag");
+        r.set_counts(conn, LinkCounts { lag: 0, bytes_sent: 9, ..LinkCounts::default() });
+        assert_eq!((status(&r).behind_since, status(&r).bytes_sent), (None, 9));
+        r.set_counts(conn, LinkCounts { lag: 1, ..LinkCounts::default() });
+        assert!(status(&r).behind_since.expect("lagging again") > since);
     }
 }

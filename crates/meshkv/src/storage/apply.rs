@@ -177,6 +177,7 @@ impl Db {
             report.ingested = fresh;
         }
         let changes = self.commit_merged(&mut w, touched, &raise, ctx.resume, ingest)?;
+        inner.remote_applied.fetch_add(report.changed as u64, Ordering::Relaxed);
         inner.publish(&mut w, Source::Remote, ctx.from, changes);
         Ok(report)
     }
@@ -388,6 +389,18 @@ impl Db {
     /// Total conflicts detected since this store was opened.
     pub fn conflict_count(&self) -> u64 {
         self.inner.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Local writes (each put or delete of a batch) committed since this
+    /// store was opened.
+    pub fn local_write_count(&self) -> u64 {
+        self.inner.local_writes.load(Ordering::Relaxed)
+    }
+
+    /// Records received from peers that changed this store since it was
+    /// opened ([`ApplyReport::changed`], summed).
+    pub fn remote_applied_count(&self) -> u64 {
+        self.inner.remote_applied.load(Ordering::Relaxed)
     }
 }
 

@@ -56,6 +56,10 @@ pub(crate) struct Inner {
     /// Conflicts only (storage/feed.rs, `ConflictSubscription`).
     pub(crate) conflict_feed: broadcast::Sender<Arc<ConflictEvent>>,
     pub(crate) conflicts: AtomicU64,
+    /// Local writes (puts and deletes) committed since open.
+    pub(crate) local_writes: AtomicU64,
+    /// Remote records that changed this store since open.
+    pub(crate) remote_applied: AtomicU64,
     /// Own writes up to this seq are known to be on stable storage.
     pub(crate) durable_seq: AtomicU64,
     /// A superset of the keys that hold a record (storage/filter.rs).
@@ -184,6 +188,8 @@ impl Db {
                 feed,
                 conflict_feed,
                 conflicts: AtomicU64::new(0),
+                local_writes: AtomicU64::new(0),
+                remote_applied: AtomicU64::new(0),
                 durable_seq: AtomicU64::new(0),
                 filter,
                 filter_scan: Mutex::new(filter_scan),

@@ -133,6 +133,7 @@ impl Db {
             w.pending_log.supersede(d);
         }
         let last = Dot::new(node, w.next_seq - 1);
+        inner.local_writes.fetch_add(last.seq + 1 - fresh, std::sync::atomic::Ordering::Relaxed);
         w.vv.raise(node, last.seq);
         w.hlc_ceiling = ceiling;
         inner.publish(&mut w, Source::Local, None, changes);
