@@ -21,6 +21,9 @@ use tokio::sync::{watch, Semaphore};
 const MAX_SCRAPES: usize = 16;
 /// Time a scraper has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a scrape may take in all (one request per connection); a scraper
+/// that does not read its answer loses its slot after this.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a node's numbers when scraped.
 pub(crate) struct NodeMetrics {
@@ -50,10 +53,10 @@ impl std::fmt::Debug for NodeMetrics {
     }
 }
 
-/// Labels that name a peer.
-fn peer_labels(p: &PeerStatus) -> Vec<(&'static str, String)> {
-    let node = p.node_id.map(|n| n.to_string()).unwrap_or_default();
-    vec![("addr", p.addr.to_string()), ("peer", node)]
+/// The label naming a peer: its node id, which stays the same across
+/// reconnects (an inbound link's address changes with every connection).
+fn peer_label(p: &PeerStatus) -> Option<[(&'static str, String); 1]> {
+    p.node_id.map(|n| [("peer", n.to_string())])
 }
 
 fn state_name(state: PeerState) -> &'static str {
@@ -127,8 +130,8 @@ impl PerPeer {
     fn encode(&self, enc: &mut DescriptorEncoder, peers: &[PeerStatus], now: Instant) -> Result<(), std::fmt::Error> {
         let kind = if self.gauge { ConstGauge::new(0.0).metric_type() } else { ConstCounter::new(0u64).metric_type() };
         let mut family = enc.encode_descriptor(self.name, self.help, None, kind)?;
-        for p in peers {
-            let labels = peer_labels(p);
+        // A peer not connected yet has nothing to count.
+        for (p, labels) in peers.iter().filter_map(|p| Some((p, peer_label(p)?))) {
             let series = family.encode_family(&labels)?;
             let value = (self.value)(p, now);
             if self.gauge {
@@ -144,7 +147,12 @@ impl PerPeer {
 impl Collector for NodeMetrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let db = &self.db;
-        counter(&mut enc, "local_writes", "Local writes (puts and deletes) committed", db.local_write_count())?;
+        counter(
+            &mut enc,
+            "local_writes",
+            "Local writes (puts and deletes; a key written twice in one batch counts once) committed",
+            db.local_write_count(),
+        )?;
         counter(
             &mut enc,
             "remote_records_applied",
@@ -161,8 +169,8 @@ impl Collector for NodeMetrics {
             ConstGauge::new(0i64).metric_type(),
         )?;
         for p in &peers {
-            let mut labels = peer_labels(p);
-            labels.push(("state", state_name(p.state).to_string()));
+            let node = p.node_id.map(|n| n.to_string()).unwrap_or_default();
+            let labels = [("addr", p.addr.to_string()), ("peer", node), ("state", state_name(p.state).to_string())];
             ConstGauge::new(1i64).encode(states.encode_family(&labels)?)?;
         }
         let now = Instant::now();
@@ -192,10 +200,13 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<NodeMetrics>, mut 
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::select! {
-                res = conn => if let Err(e) = res {
-                    tracing::debug!(%addr, error = %e, "metrics: connection failed");
+                res = tokio::time::timeout(SCRAPE_TIMEOUT, conn) => match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "metrics: connection failed"),
+                    Err(_) => tracing::debug!(%addr, "metrics: scrape took too long; closed"),
                 },
                 _ = stop.changed() => {}
             }

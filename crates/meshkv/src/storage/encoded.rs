@@ -4,9 +4,12 @@
 //!
 //! An [`EncodedRecord`] is checked well-formed when it is made, by a parse
 //! that reads each version's dot and timestamp and borrows its value instead
-//! of copying it; it accepts exactly the bytes [`Record::decode`] accepts.
+//! of copying it. It accepts the canonical encodings among the bytes
+//! [`Record::decode`] accepts: nothing after the record, no number written
+//! in more bytes than it needs. So a record stored as it came is byte for
+//! byte the one a decode and re-encode would have stored.
 
-use super::record::{Record, RECORD_FORMAT};
+use super::record::{check_shape, Record, RECORD_FORMAT};
 use crate::clock::Hlc;
 use crate::version::{Dot, NodeId, Seq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -23,19 +26,19 @@ pub struct EncodedRecord {
 }
 
 impl EncodedRecord {
-    /// Takes `bytes` if they are a well-formed encoded record.
+    /// Takes `bytes` if they are the canonical encoding of a record.
     pub fn parse(bytes: Vec<u8>) -> Option<Self> {
         let (&format, body) = bytes.split_first()?;
         if format != RECORD_FORMAT {
             return None;
         }
         let view: RecordView = postcard::from_bytes(body).ok()?;
-        let Versions { first, more, max_hlc } = view.versions;
-        let first = first?;
-        if view.winner as usize > more.len() {
+        let Versions { first, more, max_hlc, size } = view.versions;
+        check_shape(more.len() + usize::from(first.is_some()), view.winner).ok()?;
+        if size + varint_len(u64::from(view.winner)) != body.len() {
             return None;
         }
-        Some(EncodedRecord { bytes, first, more, max_hlc })
+        Some(EncodedRecord { bytes, first: first?, more, max_hlc })
     }
 
     /// Encodes `record`.
@@ -135,16 +138,31 @@ struct RecordView {
 struct VersionView<'a> {
     dot: Dot,
     hlc: Hlc,
-    _deps: SkippedDeps,
+    deps: SkippedDeps,
     #[serde(borrow)]
-    _value: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
 }
 
-/// The dots and highest timestamp of a sequence of [`VersionView`]s.
+impl VersionView<'_> {
+    /// Length of the version's canonical encoding.
+    fn canonical_len(&self) -> usize {
+        let value = self.value.map_or(0, |v| varint_len(v.len() as u64) + v.len());
+        varint_len(self.dot.origin.0) + varint_len(self.dot.seq) + varint_len(self.hlc.0) + self.deps.len + 1 + value
+    }
+}
+
+/// Bytes of `x` as a postcard varint (7 bits a byte).
+fn varint_len(x: u64) -> usize {
+    (64 - (x | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The dots and highest timestamp of a sequence of [`VersionView`]s, and
+/// the length of the sequence's canonical encoding.
 struct Versions {
     first: Option<Dot>,
     more: Vec<Dot>,
     max_hlc: Hlc,
+    size: usize,
 }
 
 impl<'de> Deserialize<'de> for Versions {
@@ -158,14 +176,18 @@ impl<'de> Deserialize<'de> for Versions {
             }
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Versions, A::Error> {
-                let mut out = Versions { first: None, more: Vec::new(), max_hlc: Hlc::default() };
+                let mut out = Versions { first: None, more: Vec::new(), max_hlc: Hlc::default(), size: 0 };
+                let mut count = 0u64;
                 while let Some(v) = seq.next_element::<VersionView<'de>>()? {
                     match out.first {
                         None => out.first = Some(v.dot),
                         Some(_) => out.more.push(v.dot),
                     }
                     out.max_hlc = out.max_hlc.max(v.hlc);
+                    out.size += v.canonical_len();
+                    count += 1;
                 }
+                out.size += varint_len(count);
                 Ok(out)
             }
         }
@@ -173,9 +195,11 @@ impl<'de> Deserialize<'de> for Versions {
     }
 }
 
-/// A version vector's layout (a sequence of `(origin, seq)`), read and
-/// dropped.
-struct SkippedDeps;
+/// A version vector's layout (a sequence of `(origin, seq)`), read for the
+/// length of its canonical encoding and dropped.
+struct SkippedDeps {
+    len: usize,
+}
 
 impl<'de> Deserialize<'de> for SkippedDeps {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -188,8 +212,12 @@ impl<'de> Deserialize<'de> for SkippedDeps {
             }
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SkippedDeps, A::Error> {
-                while seq.next_element::<(NodeId, Seq)>()?.is_some() {}
-                Ok(SkippedDeps)
+                let (mut len, mut count) = (0, 0u64);
+                while let Some((origin, s)) = seq.next_element::<(NodeId, Seq)>()? {
+                    len += varint_len(origin.0) + varint_len(s);
+                    count += 1;
+                }
+                Ok(SkippedDeps { len: len + varint_len(count) })
             }
         }
         // The derived `Deserialize` of `VersionVector` reads a newtype
@@ -251,9 +279,26 @@ mod tests {
         assert_eq!(postcard::from_bytes::<EncodedRecord>(&frame).expect("decodes"), good);
     }
 
+    /// Bytes that decode to a record but are not its canonical encoding
+    /// (trailing bytes, a number in more bytes than it needs) are refused,
+    /// so a record stored as it came is the one a re-encode would store.
+    #[test]
+    fn only_canonical_encodings_parse() {
+        let r = Record::single(v(1, 1, &[(2, 2)], Some(b"v")));
+        let bytes = r.encode();
+        assert!(EncodedRecord::parse(bytes.clone()).is_some());
+        let trailing = [&bytes[..], &[0xde, 0xad]].concat();
+        assert!(Record::decode(&trailing).is_some() && EncodedRecord::parse(trailing).is_none());
+        // The version count 1 (just after the format byte) written in two bytes.
+        let overlong = [&bytes[..1], &[0x81, 0x00], &bytes[2..]].concat();
+        assert_eq!(Record::decode(&overlong), Some(r));
+        assert!(EncodedRecord::parse(overlong).is_none());
+    }
+
     proptest::proptest! {
-        /// The parse accepts exactly what `Record::decode` accepts, and reads
-        /// the same dots and timestamp.
+        /// The parse accepts every encoding `Record::encode` makes, only
+        /// bytes `Record::decode` accepts, and reads the same dots and
+        /// timestamp.
         #[test]
         fn parse_agrees_with_decode(
             versions in proptest::collection::vec(
@@ -281,8 +326,9 @@ mod tests {
             }
             bytes.truncate(cut.max(1).min(bytes.len()));
             let decoded = Record::decode(&bytes);
+            let canonical = decoded.as_ref().is_some_and(|d| d.encode() == bytes);
             let parsed = EncodedRecord::parse(bytes);
-            proptest::prop_assert_eq!(parsed.is_some(), decoded.is_some());
+            proptest::prop_assert_eq!(parsed.is_some(), canonical);
             if let (Some(p), Some(d)) = (parsed, decoded) {
                 proptest::prop_assert_eq!(p.dots().collect::<Vec<_>>(), d.dots().collect::<Vec<_>>());
                 proptest::prop_assert_eq!(p.max_hlc(), d.max_hlc());

@@ -37,19 +37,26 @@ pub(crate) struct ConflictDots {
 
 /// Joins `remote` into `local` under `policy`.
 pub(crate) fn merge(key: &[u8], local: Option<&Record>, remote: Record, policy: &ConflictPolicy) -> Merged {
-    let Some(local) = local else {
-        return Merged { record: Some(normalize(key, remote.into_versions(), policy)), conflict: None };
-    };
-    let mut all: Vec<Version> = local.versions().to_vec();
+    let held = local.map_or(0, |l| l.versions().len());
+    let mut all: Vec<Version> = local.map(|l| l.versions().to_vec()).unwrap_or_default();
     for v in remote.into_versions() {
-        if !local.has_dot(v.dot) {
+        if !all.iter().any(|w| w.dot == v.dot) {
             all.push(v);
         }
     }
-    if all.len() == local.versions().len() {
+    if local.is_some() && all.len() == held {
         return Merged { record: None, conflict: None };
     }
-    let frontier: Vec<Version> = all.iter().filter(|v| !all.iter().any(|w| w.supersedes(v))).cloned().collect();
+    let frontier: Vec<Version> =
+        all.iter().filter(|v| !all.iter().any(|w| w.dot != v.dot && w.supersedes(v))).cloned().collect();
+    if frontier.is_empty() {
+        // Versions that each claim to have seen another, in a cycle: no
+        // history of real writes does that. Keep what is stored.
+        return Merged { record: None, conflict: None };
+    }
+    let Some(local) = local else {
+        return Merged { record: Some(normalize(key, frontier, policy)), conflict: None };
+    };
     let dots: Vec<Dot> = frontier.iter().map(|v| v.dot).collect();
     let incoming: Vec<Dot> = dots.iter().copied().filter(|d| !local.has_dot(*d)).collect();
     let merged = normalize(key, frontier, policy);
@@ -113,6 +120,26 @@ mod tests {
         let m2 = merge(b"k", Some(&b), a, &ConflictPolicy::LastWriterWins);
         assert!(m2.record.is_none(), "same outcome from the other side");
         assert!(m2.conflict.is_some());
+    }
+
+    /// Versions that claim to have seen each other (only a faulty or hostile
+    /// peer sends them) leave the stored record as it is instead of
+    /// emptying it; duplicates and superseded versions of a record for a new
+    /// key are dropped as for a key that holds one.
+    #[test]
+    fn malformed_remote_records_never_empty_a_record() {
+        let local = Record::single(ver(1, 1, 20, &[(2, 1)], "local"));
+        let cyclic = Record::single(ver(2, 1, 30, &[(1, 1)], "remote"));
+        for policy in [ConflictPolicy::LastWriterWins, ConflictPolicy::resolver(|_, _, _| Choice::First)] {
+            let m = merge(b"k", Some(&local), cyclic.clone(), &policy);
+            assert!(m.record.is_none() && m.conflict.is_none());
+        }
+        let a = ver(1, 1, 20, &[], "a");
+        let newer = ver(2, 1, 30, &[(1, 1)], "newer");
+        let frontier = Record::from_frontier(vec![a.clone(), newer.clone(), a], Dot::new(NodeId(2), 1));
+        let keep = ConflictPolicy::resolver(|_, _, _| Choice::First);
+        let fresh = merge(b"k", None, frontier.expect("winner present"), &keep).record.expect("stored");
+        assert_eq!(fresh.versions(), &[newer][..]);
     }
 
     #[test]

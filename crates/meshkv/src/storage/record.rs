@@ -46,13 +46,42 @@ impl Version {
     }
 }
 
-/// The stored state of one key.
+/// The stored state of one key. Deserializing refuses a record without
+/// versions or whose winner is not one of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RecordFields")]
 pub struct Record {
     /// Current versions, pairwise concurrent, in canonical order.
     versions: Vec<Version>,
     /// Index of the version that reads return.
     winner: u32,
+}
+
+/// [`Record`]'s fields as encoded, before they are checked.
+#[derive(Deserialize)]
+struct RecordFields {
+    versions: Vec<Version>,
+    winner: u32,
+}
+
+impl TryFrom<RecordFields> for Record {
+    type Error = &'static str;
+
+    fn try_from(f: RecordFields) -> Result<Self, Self::Error> {
+        check_shape(f.versions.len(), f.winner)?;
+        Ok(Record { versions: f.versions, winner: f.winner })
+    }
+}
+
+/// Whether `versions` versions with winner index `winner` can be a record.
+pub(super) fn check_shape(versions: usize, winner: u32) -> Result<(), &'static str> {
+    if versions == 0 {
+        return Err("a record without versions");
+    }
+    if winner as usize >= versions {
+        return Err("a record whose winner is not one of its versions");
+    }
+    Ok(())
 }
 
 impl Record {
@@ -150,9 +179,7 @@ impl Record {
         if format != RECORD_FORMAT {
             return None;
         }
-        let rec: Record = postcard::from_bytes(body).ok()?;
-        let valid = !rec.versions.is_empty() && (rec.winner as usize) < rec.versions.len();
-        valid.then_some(rec)
+        postcard::from_bytes(body).ok()
     }
 }
 
