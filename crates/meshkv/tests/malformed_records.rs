@@ -183,3 +183,43 @@ async fn malformed_records_close_the_link_and_apply_nothing() {
     assert!(report.is_ok(), "{report:?}");
     node.shutdown().await;
 }
+
+/// Well-formed bytes with an impossible history: versions whose causal
+/// context names themselves, or that name each other in a cycle. The merge
+/// used to drop every version of such a union and panic; now the link goes
+/// on and the store keeps a record for every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_histories_never_empty_a_record_or_stop_the_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let local = db.put("k", "local").expect("put");
+    let node = start(db.clone()).await;
+    let addr = node.local_addr().expect("addr");
+
+    let mut peer = RawPeer::connect(addr).await;
+    peer.digest().await;
+    let origin = peer.node;
+    let version = |seq: u64, deps: &[(NodeId, u64)], value: &str| Version {
+        dot: Dot::new(origin, seq),
+        hlc: Hlc::new(1_700_000_000_000 + seq, 0),
+        deps: deps.iter().copied().collect(),
+        value: Some(value.as_bytes().to_vec()),
+    };
+    // Over the local write, and naming its own dot.
+    let own = version(1, &[(local.origin, local.seq), (origin, 1)], "self-aware");
+    // Two siblings that each claim to have seen the other.
+    let siblings = (vec![version(2, &[(origin, 3)], "left"), version(3, &[(origin, 2)], "right")], 0u32);
+    let cycle: Record = postcard::from_bytes(&postcard::to_stdvec(&siblings).expect("encode")).expect("a record");
+    let items = vec![
+        Item { key: b"k".to_vec(), record: EncodedRecord::from_record(&Record::single(own)) },
+        Item { key: b"z".to_vec(), record: EncodedRecord::from_record(&cycle) },
+    ];
+    peer.send(&catch_up_frames(origin, items, b"none", |_| {})).await;
+    common::eventually("the catch-up is applied", || db.version_vector().get(origin) == 2).await;
+    assert_eq!(db.get("k").expect("get").as_deref(), Some(&b"self-aware"[..]), "it supersedes the local write");
+    assert_eq!(db.get("z").expect("get"), None, "nothing of the cycle is stored");
+    db.put("after", "ok").expect("the store still takes writes");
+    let report = db.verify().expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    node.shutdown().await;
+}
