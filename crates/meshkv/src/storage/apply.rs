@@ -251,30 +251,22 @@ impl Db {
         let subscribed = inner.feed.receiver_count() > 0;
         for Touched { key, old, new, conflict } in touched {
             let new = match new {
-                New::Fresh(record) => {
-                    for d in record.dots() {
-                        if ingest && d.origin != inner.node_id {
-                            log_tables.push((keys::log_key(d), fjall::Slice::new(&key)));
-                        } else {
-                            log.add(d, &key);
-                        }
-                    }
-                    if ingest {
-                        ingestion.push((keys::data_slice(&key), fjall::Slice::new(record.as_bytes())));
-                    } else {
-                        batch.insert(&inner.data, keys::data_slice(&key), record.as_bytes());
-                    }
-                    changes.push(Change::encoded(key, record));
+                New::Merged(new) if old.as_ref() == Some(&new) => {
+                    changes.push(Change::new(key, new, None, conflict));
                     continue;
                 }
-                New::Merged(new) => new,
+                New::Merged(new) => {
+                    new.encode_into(&mut encoded);
+                    New::Merged(new)
+                }
+                fresh @ New::Fresh(_) => fresh,
             };
-            if old.as_ref() == Some(&new) {
-                changes.push(Change::new(key, new, None, conflict));
-                continue;
-            }
+            let bytes: &[u8] = match &new {
+                New::Merged(_) => &encoded,
+                New::Fresh(e) => e.as_bytes(),
+            };
             let old_dots: Vec<Dot> = old.as_ref().map(|r| r.dots().collect()).unwrap_or_default();
-            for d in old_dots.iter().filter(|d| !new.has_dot(**d)) {
+            for d in old_dots.iter().filter(|d| !new.dots().any(|n| n == **d)) {
                 removes_own |= d.origin == inner.node_id;
                 log.remove(*d);
                 superseded.push(*d);
@@ -288,14 +280,18 @@ impl Db {
                 }
             }
             // One copy of each key and record into engine slices.
-            new.encode_into(&mut encoded);
             if ingest && old.is_none() {
-                ingestion.push((keys::data_slice(&key), fjall::Slice::new(&encoded)));
+                ingestion.push((keys::data_slice(&key), fjall::Slice::new(bytes)));
             } else {
-                batch.insert(&inner.data, keys::data_slice(&key), &encoded[..]);
+                batch.insert(&inner.data, keys::data_slice(&key), bytes);
             }
-            let forwarded = subscribed.then(|| EncodedRecord::from_parts(encoded.clone(), &new));
-            changes.push(Change::new(key, new, forwarded, conflict));
+            changes.push(match new {
+                New::Merged(r) => {
+                    let forwarded = subscribed.then(|| EncodedRecord::from_parts(encoded.clone(), &r));
+                    Change::new(key, r, forwarded, conflict)
+                }
+                New::Fresh(e) => Change::encoded(key, e),
+            });
         }
         if let (Some((first, _)), Some((last, _))) = (ingestion.first(), ingestion.last()) {
             // Written before the tables and removed with the batch that
@@ -534,6 +530,14 @@ impl New {
             New::Fresh(e) => e.decode(),
             New::Merged(r) => r.clone(),
         }
+    }
+
+    fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        let (fresh, merged) = match self {
+            New::Fresh(e) => (Some(e.dots()), None),
+            New::Merged(r) => (None, Some(r.dots())),
+        };
+        fresh.into_iter().flatten().chain(merged.into_iter().flatten())
     }
 }
 
