@@ -62,7 +62,7 @@ fn messages() -> Vec<Message> {
     let items: Vec<Item> = db
         .changes_since(&VersionVector::new())
         .expect("changes")
-        .map(|r| r.map(|(key, record)| Item { key, record }))
+        .map(|r| r.map(|(key, record)| Item { key, record: record.into() }))
         .collect::<Result<_, _>>()
         .expect("items");
     let vv = db.version_vector();
@@ -113,6 +113,7 @@ fn messages() -> Vec<Message> {
         Message::Reply { id: 1, result: Ok(Response::Value(Some(b"one".to_vec().into()))) },
         Message::Watch { watch: 1, key: b"alpha".to_vec(), value: None },
         Message::WatchLagged { watch: 1, missed: 3 },
+        Message::Peers { listen_port: Some(7420), known: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 7421))] },
         Message::Close { reason: CloseReason::Unauthorized },
     ];
     drop(db);

@@ -43,12 +43,17 @@ pub struct ServeArgs {
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
     /// TOML file with `data`, `listen`, `peers`, `cluster`, `read_only`,
-    /// `metrics`; flags override it. Relative paths in it are relative to the file.
+    /// `metrics`, `peer_exchange`; flags override it. Relative paths in it
+    /// are relative to the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Refuse writes from remote clients (replication still flows).
     #[arg(long)]
     read_only: bool,
+    /// Learn the peers of peers and connect to them too (peer exchange);
+    /// leave off where the topology is deliberate (hub and spokes).
+    #[arg(long)]
+    peer_exchange: bool,
     /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics
     /// (counters and peer addresses, no data; no credentials asked).
     #[arg(long, value_name = "HOST:PORT")]
@@ -76,6 +81,7 @@ struct FileConfig {
     peers: Option<Vec<String>>,
     cluster: Option<String>,
     read_only: Option<bool>,
+    peer_exchange: Option<bool>,
     metrics: Option<String>,
     secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
@@ -119,6 +125,7 @@ struct Settings {
     peers: Vec<String>,
     cluster: String,
     read_only: bool,
+    peer_exchange: bool,
     metrics: Option<String>,
     secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
@@ -147,6 +154,7 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
         peers: if args.peers.is_empty() { file.peers.unwrap_or_default() } else { args.peers.clone() },
         cluster: target.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         read_only: args.read_only || file.read_only.unwrap_or(false),
+        peer_exchange: args.peer_exchange || file.peer_exchange.unwrap_or(false),
         metrics: args.metrics.clone().or(file.metrics),
         secret_file: target.secret_file.clone().or(file.secret_file),
         read_only_secret_file: args.read_only_secret_file.clone().or(file.read_only_secret_file),
@@ -202,6 +210,7 @@ fn node_config(s: &Settings, listen: SocketAddr, peers: Vec<(SocketAddr, Mode)>,
         },
         security,
         allow_insecure: insecure,
+        peer_exchange: s.peer_exchange,
         ..d
     })
 }
@@ -374,6 +383,7 @@ mod tests {
                 peers: vec![],
                 cluster: "meshkv".into(),
                 read_only: false,
+                peer_exchange: false,
                 metrics: None,
                 secret_file: None,
                 read_only_secret_file: None,
@@ -390,7 +400,7 @@ mod tests {
         std::fs::write(
             &path,
             "data = \"d\"\nlisten = \"127.0.0.1:1\"\npeers = [\"127.0.0.1:2\"]\ncluster = \"c\"\nread_only = true\n\
-             busy_poll_us = 40\n",
+             busy_poll_us = 40\npeer_exchange = true\n",
         )
         .unwrap();
         let config = path.to_str().unwrap();
@@ -403,6 +413,7 @@ mod tests {
         );
         let loopback: SocketAddr = "127.0.0.1:7420".parse().unwrap();
         assert_eq!(node_config(&s, loopback, vec![], false).unwrap().server.busy_poll, Duration::from_micros(40));
+        assert!(node_config(&s, loopback, vec![], false).unwrap().peer_exchange);
 
         let (args, target) = parse(&[
             "--config",

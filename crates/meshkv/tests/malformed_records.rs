@@ -7,88 +7,11 @@
 
 mod common;
 
-use common::start;
-use meshkv::protocol::{codec, CatchUpOrder, CloseReason, Item, Message, Mode};
+use common::{start, RawPeer};
+use meshkv::protocol::{codec, CatchUpOrder, CloseReason, Item, Message};
 use meshkv::storage::{EncodedRecord, Record, Version};
 use meshkv::{Db, Dot, Hlc, NodeId, Options, VersionVector};
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A plaintext connection to a node, speaking as a peer that pushes.
-struct RawPeer {
-    s: TcpStream,
-    buf: Vec<u8>,
-    node: NodeId,
-}
-
-impl RawPeer {
-    async fn connect(addr: SocketAddr) -> RawPeer {
-        let node = NodeId::random();
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let mut out = b"MKV1\x00".to_vec();
-        codec::encode(&common::peer_hello(node, Mode::Push), &mut out);
-        s.write_all(&out).await.expect("send hello");
-        let mut peer = RawPeer { s, buf: Vec::new(), node };
-        peer.fill(5).await;
-        assert_eq!(&peer.buf[..5], b"MKV1\x00", "the node's preamble");
-        peer.buf.drain(..5);
-        peer
-    }
-
-    async fn fill(&mut self, len: usize) -> bool {
-        let mut chunk = [0u8; 4096];
-        while self.buf.len() < len {
-            let n = self.s.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                return false;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        true
-    }
-
-    /// The next message from the node; `None` once it has closed.
-    async fn recv(&mut self) -> Option<Message> {
-        loop {
-            if let Some((msg, used)) = codec::decode(&self.buf, codec::DEFAULT_MAX_FRAME).expect("frame from the node")
-            {
-                self.buf.drain(..used);
-                return Some(msg);
-            }
-            let want = self.buf.len() + 1;
-            if !self.fill(want).await {
-                return None;
-            }
-        }
-    }
-
-    /// Waits for the node's digest (after its hello).
-    async fn digest(&mut self) -> VersionVector {
-        loop {
-            match self.recv().await.expect("the node closed before its digest") {
-                Message::Digest { vv, .. } => return vv,
-                Message::Hello(_) | Message::Ping => {}
-                other => panic!("unexpected {} before the digest", other.kind()),
-            }
-        }
-    }
-
-    async fn send(&mut self, frames: &[u8]) {
-        self.s.write_all(frames).await.expect("send");
-    }
-
-    /// The reason the node closes with (`None`: closed without one).
-    async fn close_reason(&mut self) -> Option<CloseReason> {
-        while let Some(msg) = self.recv().await {
-            if let Message::Close { reason } = msg {
-                return Some(reason);
-            }
-        }
-        None
-    }
-}
 
 /// A well-formed record of one version by `origin`, holding a value that
 /// marks its bytes so they can be found in a frame.

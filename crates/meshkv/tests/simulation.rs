@@ -897,6 +897,8 @@ impl Sim {
                                 );
                             }
                         }
+                        // Simulated nodes do not exchange peers.
+                        other => panic!("conn {}: unexpected {other:?}", conn.id),
                     }
                 }
             }

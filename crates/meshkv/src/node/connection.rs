@@ -24,6 +24,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 #[derive(Clone)]
 pub(crate) struct ConnCtx {
     pub db: Db,
+    /// Where links send the peer lists they receive (peer exchange on).
+    pub exchange: Option<mpsc::Sender<Vec<SocketAddr>>>,
     /// Cluster name clients must present.
     pub cluster: String,
     /// Where the node listens (for status).
@@ -260,6 +262,8 @@ async fn drive(
     let mut peer_gone = false;
     let mut lag = 0;
     let mut progress_logged = std::time::Instant::now();
+    // The registry generation of the peer list last sent (peer exchange).
+    let mut shared = None;
     if *shutdown.borrow() {
         link.close(CloseReason::Shutdown);
     }
@@ -313,7 +317,11 @@ async fn drive(
                     match ctx.registry.claim(ctx.db.node_id(), peer, conn, dialed, closer) {
                         Claim::Keep => {
                             tracing::info!(%addr, %peer, "peer connected");
+                            if dialed {
+                                ctx.registry.set_listen(peer, addr);
+                            }
                             let _ = ctx.events.send(NodeEvent::Connected { peer, addr });
+                            shared = share_peers(ctx, &mut link, peer, None);
                         }
                         Claim::Duplicate => link.close(CloseReason::Duplicate),
                     }
@@ -324,6 +332,15 @@ async fn drive(
                     ctx.registry.set_live(conn);
                     tracing::info!(%addr, %peer, "caught up");
                     let _ = ctx.events.send(NodeEvent::CaughtUp { peer });
+                }
+                LinkEvent::Peers { listen_port, known } => {
+                    if let (Some(exchange), Some(peer)) = (&ctx.exchange, ended.peer) {
+                        if let (Some(port), false) = (listen_port, dialed) {
+                            ctx.registry.set_listen(peer, SocketAddr::new(addr.ip(), port));
+                        }
+                        // A full queue drops the list; the next change resends.
+                        let _ = exchange.try_send(known);
+                    }
                 }
                 LinkEvent::Closed { reason, by_peer } => {
                     ended.reason = Some(reason);
@@ -383,6 +400,9 @@ async fn drive(
             },
             _ = tick.tick() => {
                 link.handle_tick(ctx.now_ms());
+                if let (Some(_), Some(peer)) = (shared, ended.peer) {
+                    shared = share_peers(ctx, &mut link, peer, shared);
+                }
                 lag = link.lag(&ctx.db.version_vector());
                 if let (Some((done, total)), Some(peer)) = (link.catch_up_progress(), ended.peer) {
                     if done > 0 && progress_logged.elapsed() >= Duration::from_secs(2) {
@@ -394,6 +414,18 @@ async fn drive(
         }
     }
     ended
+}
+
+/// With peer exchange on, queues our peer list for `peer` if it changed
+/// since generation `sent`; returns the generation now sent.
+fn share_peers(ctx: &ConnCtx, link: &mut Link, peer: crate::NodeId, sent: Option<u64>) -> Option<u64> {
+    ctx.exchange.as_ref()?;
+    if sent == Some(ctx.registry.generation()) {
+        return sent;
+    }
+    let (generation, known) = ctx.registry.shared_addrs(peer);
+    link.share_peers(ctx.local_addr.map(|a| a.port()), known);
+    Some(generation)
 }
 
 /// Hands one decoded frame (or a decoding error) to the link (`more`: another

@@ -1,7 +1,9 @@
-//! Dialing one static peer: connect, run the link, and after any failure
-//! wait with exponential backoff and jitter. Never dials an address that
-//! turned out to be this node, and does not dial while a link to the same
-//! peer (opened by either side) is up.
+//! Dialing one peer: connect, run the link, and after any failure wait with
+//! exponential backoff and jitter. Never dials an address that turned out to
+//! be this node, and does not dial while a link to the same peer (opened by
+//! either side) is up. A static peer is dialed until it is removed; one
+//! learned through peer exchange is forgotten once it has not answered for
+//! [`LEARNED_GIVE_UP`].
 
 use super::connection::{self, ConnCtx};
 use super::NodeConfig;
@@ -14,10 +16,13 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
+/// A learned peer unreachable (no handshake) for this long is forgotten.
+pub(crate) const LEARNED_GIVE_UP: Duration = Duration::from_secs(60);
 
 pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
     let mut backoff = cfg.backoff_min;
     let mut shutdown = ctx.shutdown.clone();
+    let mut failing_since: Option<Instant> = None;
     loop {
         if *shutdown.borrow() || ctx.registry.is_self(addr) {
             return;
@@ -27,6 +32,7 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
         let mut outcome = None;
         if !linked {
             let started = Instant::now();
+            let mut answered = false;
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let link = LinkConfig { mode, ..cfg.link.clone() };
@@ -34,14 +40,26 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
                     if ended.handshaken && started.elapsed() >= STABLE {
                         backoff = cfg.backoff_min;
                     }
+                    answered = ended.handshaken;
                     outcome = ended.reason;
                 }
                 Ok(Err(e)) => tracing::debug!(%addr, error = %e, "dial failed"),
                 Err(_) => tracing::debug!(%addr, "dial timed out"),
             }
+            if answered {
+                failing_since = None;
+            } else {
+                failing_since.get_or_insert(started);
+            }
         }
         if outcome == Some(CloseReason::SelfConnection) {
             tracing::info!(%addr, "address is this node; not dialing it");
+            ctx.registry.forget_learned(addr);
+            return;
+        }
+        if failing_since.is_some_and(|t| t.elapsed() >= LEARNED_GIVE_UP) && ctx.registry.is_learned(addr) {
+            tracing::info!(%addr, "forgetting a learned peer that stopped answering");
+            ctx.registry.forget_learned(addr);
             return;
         }
         let jitter = rand::rng().random_range(0.5..1.5);

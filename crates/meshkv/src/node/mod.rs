@@ -6,6 +6,7 @@
 mod admission;
 mod connection;
 mod dialer;
+mod exchange;
 mod group;
 mod metrics;
 mod registry;
@@ -60,6 +61,12 @@ pub struct NodeConfig {
     pub security: Security,
     /// Allow a non-loopback listener without a secret (trusted networks only).
     pub allow_insecure: bool,
+    /// Peer exchange (default off): tell peers where we and our other peers
+    /// listen, and dial the peers they tell us about (at most 64 learned,
+    /// each forgotten after a minute without an answer; without a secret
+    /// only loopback addresses). Turns a chain or a star into a mesh, so
+    /// leave it off where the topology is deliberate (hub and spokes).
+    pub peer_exchange: bool,
     /// Address of an HTTP listener serving Prometheus metrics at
     /// `/metrics` (`None`: no metrics endpoint). It exposes counters and
     /// peer addresses, never data, and needs no credentials.
@@ -81,6 +88,7 @@ impl Default for NodeConfig {
             server: ServerOptions::default(),
             security: Security::default(),
             allow_insecure: false,
+            peer_exchange: false,
             metrics: None,
         }
     }
@@ -207,8 +215,16 @@ impl Node {
             0 => 65_536,
             n => n,
         };
+        let (exchange_tx, exchange_rx) = match cfg.peer_exchange {
+            true => {
+                let (tx, rx) = tokio::sync::mpsc::channel(exchange::QUEUE);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let ctx = ConnCtx {
             db: db.clone(),
+            exchange: exchange_tx,
             cluster: cfg.link.cluster.clone(),
             local_addr,
             server: Arc::new(connection::ServerState {
@@ -252,6 +268,9 @@ impl Node {
             node.tasks.spawn(accept_loop(listener, node.ctx.clone(), cfg.clone()));
         }
         node.tasks.spawn(forward_conflicts(node.db.clone(), node.events.clone(), node.ctx.shutdown.clone()));
+        if let Some(lists) = exchange_rx {
+            node.tasks.spawn(exchange::run(node.ctx.clone(), cfg.clone(), lists));
+        }
         for (addr, mode) in cfg.peers {
             node.add_peer(addr, mode);
         }

@@ -92,6 +92,14 @@ struct Inner {
     own_addrs: HashSet<SocketAddr>,
     /// Peer id learned for a dialed address.
     addr_ids: HashMap<SocketAddr, NodeId>,
+    /// Dial targets learned through peer exchange (a subset of `dial`).
+    learned: HashSet<SocketAddr>,
+    /// Where each linked peer accepts connections: the address we dialed,
+    /// or the one it advertised (peer exchange).
+    listen: HashMap<NodeId, SocketAddr>,
+    /// Bumped whenever the addresses [`Registry::shared_addrs`] returns may
+    /// have changed.
+    generation: u64,
 }
 
 /// Outcome of registering a freshly handshaken connection.
@@ -151,6 +159,7 @@ impl Registry {
         if let Some((_, _, Some(close_old))) = g.links.insert(peer, (conn, dialed, Some(closer))) {
             let _ = close_old.send(CloseReason::Duplicate);
         }
+        g.generation += 1;
         Claim::Keep
     }
 
@@ -175,7 +184,71 @@ impl Registry {
     pub fn release(&self, conn: u64) {
         let mut g = self.lock();
         g.status.remove(&conn);
-        g.links.retain(|_, (c, _, _)| *c != conn);
+        let gone: Vec<NodeId> = g.links.iter().filter(|(_, (c, _, _))| *c == conn).map(|(p, _)| *p).collect();
+        for peer in gone {
+            g.links.remove(&peer);
+            g.listen.remove(&peer);
+            g.generation += 1;
+        }
+    }
+
+    /// Records where the linked `peer` accepts connections.
+    pub fn set_listen(&self, peer: NodeId, addr: SocketAddr) {
+        let mut g = self.lock();
+        if g.links.contains_key(&peer) && g.listen.insert(peer, addr) != Some(addr) {
+            g.generation += 1;
+        }
+    }
+
+    /// The listen addresses of the linked peers other than `except`, and
+    /// the generation they belong to (compare with [`Registry::generation`]).
+    pub fn shared_addrs(&self, except: NodeId) -> (u64, Vec<SocketAddr>) {
+        let g = self.lock();
+        let mut addrs: Vec<SocketAddr> = g
+            .listen
+            .iter()
+            .filter(|(peer, _)| **peer != except && g.links.contains_key(peer))
+            .map(|(_, addr)| *addr)
+            .collect();
+        addrs.sort();
+        (g.generation, addrs)
+    }
+
+    /// See [`Registry::shared_addrs`].
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Whether `addr` is where a linked peer accepts connections.
+    pub fn is_linked_addr(&self, addr: SocketAddr) -> bool {
+        let g = self.lock();
+        g.listen.iter().any(|(peer, a)| *a == addr && g.links.contains_key(peer))
+    }
+
+    /// Adds `addr`, learned through peer exchange, as a dial target with
+    /// `mode`, unless it is one already or `max` learned targets exist.
+    /// Returns whether it was added (the caller then dials it).
+    pub fn add_learned(&self, addr: SocketAddr, mode: Mode, max: usize) -> bool {
+        let mut g = self.lock();
+        if g.dial.contains_key(&addr) || g.own_addrs.contains(&addr) || g.learned.len() >= max {
+            return false;
+        }
+        g.dial.insert(addr, mode);
+        g.learned.insert(addr);
+        true
+    }
+
+    /// Whether `addr` is a dial target learned through peer exchange.
+    pub fn is_learned(&self, addr: SocketAddr) -> bool {
+        self.lock().learned.contains(&addr)
+    }
+
+    /// Stops dialing a learned `addr` (a static peer is kept).
+    pub fn forget_learned(&self, addr: SocketAddr) {
+        let mut g = self.lock();
+        if g.learned.remove(&addr) {
+            g.dial.remove(&addr);
+        }
     }
 
     pub fn is_linked(&self, peer: NodeId) -> bool {
@@ -213,8 +286,11 @@ impl Registry {
         self.lock().addr_ids.get(&addr).copied()
     }
 
+    /// Sets (or with `None` removes) a static dial target; a learned
+    /// target set here becomes static.
     pub fn set_dial(&self, addr: SocketAddr, mode: Option<Mode>) {
         let mut g = self.lock();
+        g.learned.remove(&addr);
         match mode {
             Some(m) => g.dial.insert(addr, m),
             None => g.dial.remove(&addr),

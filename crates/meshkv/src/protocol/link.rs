@@ -2,7 +2,7 @@
 //! sending half and/or a receiving half depending on both sides' modes,
 //! plus keep-alives and timeouts. Fed by the runtime, never does IO.
 
-use super::message::{CloseReason, Hello, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+use super::message::{CloseReason, Hello, Message, Mode, Role, MAGIC, MAX_SHARED_PEERS, PROTOCOL_VERSION};
 use super::receiver::RecvHalf;
 use super::sender::{SendHalf, SendLimits};
 use crate::storage::{Commit, Db};
@@ -52,6 +52,7 @@ impl Default for LinkConfig {
 
 /// Something the runtime may want to report.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkEvent {
     /// The handshake succeeded.
     Connected {
@@ -62,6 +63,14 @@ pub enum LinkEvent {
     CaughtUp {
         /// The peer's node id.
         peer: NodeId,
+    },
+    /// The peer told where it listens and which peers it knows (peer
+    /// exchange); the runtime decides what to dial.
+    Peers {
+        /// The port the peer accepts connections on, if it listens.
+        listen_port: Option<u16>,
+        /// Listen addresses of the peer's other peers.
+        known: Vec<std::net::SocketAddr>,
     },
     /// The link is closed; the runtime should drop the connection.
     Closed {
@@ -217,6 +226,16 @@ impl Link {
                 self.outbox.push_back(start);
                 Ok(())
             }
+            (State::Open, Message::Peers { listen_port, known }) => {
+                if known.len() > MAX_SHARED_PEERS {
+                    return Err(LinkError::Protocol(format!(
+                        "{} peer addresses shared (limit {MAX_SHARED_PEERS})",
+                        known.len()
+                    )));
+                }
+                self.events.push_back(LinkEvent::Peers { listen_port, known });
+                Ok(())
+            }
             (State::Open, Message::Ack { id }) => {
                 let send = self.send.as_mut().ok_or_else(|| LinkError::Protocol("ack to a non-sender".into()))?;
                 send.on_ack(id);
@@ -297,6 +316,16 @@ impl Link {
     pub fn handle_feed_lagged(&mut self) {
         if let Some(send) = self.send.as_mut() {
             send.on_feed_lagged();
+        }
+    }
+
+    /// Queues a peer-exchange message: the port we accept peers on and the
+    /// listen addresses of our other peers (the first [`MAX_SHARED_PEERS`]).
+    /// Ignored until the handshake is done.
+    pub fn share_peers(&mut self, listen_port: Option<u16>, mut known: Vec<std::net::SocketAddr>) {
+        if matches!(self.state, State::Open) {
+            known.truncate(MAX_SHARED_PEERS);
+            self.outbox.push_back(Message::Peers { listen_port, known });
         }
     }
 

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 4] = *b"MKV1";
 /// Protocol version spoken by this build. 2: key-order catch-ups
 /// ([`CatchUpOrder`]) and typed resume points. 3: records in their storage
-/// encoding ([`Item::record`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// encoding ([`Item::record`]). 4: peer exchange ([`Message::Peers`]).
+pub const PROTOCOL_VERSION: u16 = 4;
+/// Most addresses one [`Message::Peers`] may carry.
+pub const MAX_SHARED_PEERS: usize = 64;
 
 /// Which way data flows on a link, as seen by the node that configures it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -213,6 +215,16 @@ pub enum Message {
         /// Why.
         reason: CloseReason,
     },
+    /// Peer exchange: where the sender listens and the listen addresses of
+    /// the other peers it is linked to (at most [`MAX_SHARED_PEERS`]).
+    /// Sent only by nodes with peer exchange on.
+    Peers {
+        /// The port the sender accepts peers on (`None`: it only dials); its
+        /// address is the one the connection comes from.
+        listen_port: Option<u16>,
+        /// Addresses of the sender's other peers.
+        known: Vec<std::net::SocketAddr>,
+    },
 }
 
 impl Message {
@@ -232,6 +244,7 @@ impl Message {
             Message::Watch { .. } => "watch",
             Message::WatchLagged { .. } => "watch-lagged",
             Message::Close { .. } => "close",
+            Message::Peers { .. } => "peers",
         }
     }
 }

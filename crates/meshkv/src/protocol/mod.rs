@@ -12,5 +12,7 @@ pub mod request;
 mod sender;
 
 pub use link::{Link, LinkConfig, LinkError, LinkEvent};
-pub use message::{CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Role, MAGIC, PROTOCOL_VERSION};
+pub use message::{
+    CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Role, MAGIC, MAX_SHARED_PEERS, PROTOCOL_VERSION,
+};
 pub use request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};

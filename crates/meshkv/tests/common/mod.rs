@@ -268,3 +268,86 @@ pub fn forbid_prefix(
         }
     })
 }
+
+use meshkv::protocol::{codec, Message};
+
+/// A plaintext connection to a node, speaking as a peer that pushes (as a
+/// buggy or hostile peer would, through the public codec).
+pub struct RawPeer {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    /// The node id it presented.
+    pub node: meshkv::NodeId,
+}
+
+impl RawPeer {
+    /// Connects and exchanges hellos (as a pushing peer with a fresh id).
+    pub async fn connect(addr: SocketAddr) -> RawPeer {
+        use tokio::io::AsyncWriteExt;
+        let node = meshkv::NodeId::random();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut out = b"MKV1\x00".to_vec();
+        codec::encode(&peer_hello(node, meshkv::protocol::Mode::Push), &mut out);
+        s.write_all(&out).await.expect("send hello");
+        let mut peer = RawPeer { s, buf: Vec::new(), node };
+        peer.fill(5).await;
+        assert_eq!(&peer.buf[..5], b"MKV1\x00", "the node's preamble");
+        peer.buf.drain(..5);
+        peer
+    }
+
+    async fn fill(&mut self, len: usize) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        while self.buf.len() < len {
+            let n = self.s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        true
+    }
+
+    /// The next message from the node; `None` once it has closed.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some((msg, used)) = codec::decode(&self.buf, codec::DEFAULT_MAX_FRAME).expect("frame from the node")
+            {
+                self.buf.drain(..used);
+                return Some(msg);
+            }
+            let want = self.buf.len() + 1;
+            if !self.fill(want).await {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for the node's digest (after its hello).
+    pub async fn digest(&mut self) -> meshkv::VersionVector {
+        loop {
+            match self.recv().await.expect("the node closed before its digest") {
+                Message::Digest { vv, .. } => return vv,
+                Message::Hello(_) | Message::Ping | Message::Peers { .. } => {}
+                other => panic!("unexpected {} before the digest", other.kind()),
+            }
+        }
+    }
+
+    /// Sends already encoded frames.
+    pub async fn send(&mut self, frames: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(frames).await.expect("send");
+    }
+
+    /// The reason the node closes with (`None`: closed without one).
+    pub async fn close_reason(&mut self) -> Option<meshkv::protocol::CloseReason> {
+        while let Some(msg) = self.recv().await {
+            if let Message::Close { reason } = msg {
+                return Some(reason);
+            }
+        }
+        None
+    }
+}
