@@ -113,7 +113,10 @@ fn messages() -> Vec<Message> {
         Message::Reply { id: 1, result: Ok(Response::Value(Some(b"one".to_vec().into()))) },
         Message::Watch { watch: 1, key: b"alpha".to_vec(), value: None },
         Message::WatchLagged { watch: 1, missed: 3 },
-        Message::Peers { listen_port: Some(7420), known: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 7421))] },
+        Message::Peers {
+            listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 7420))),
+            known: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 7421))],
+        },
         Message::Close { reason: CloseReason::Unauthorized },
     ];
     drop(db);

@@ -10,7 +10,7 @@
 use crate::remote::{fail, load_secret, Target, DEFAULT_CLUSTER, DEFAULT_NODE};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use meshkv::node::{Node, NodeConfig, NodeEvent, ServerOptions};
+use meshkv::node::{Discovery, Node, NodeConfig, NodeEvent, ServerOptions};
 use meshkv::protocol::{CloseReason, LinkConfig, Mode};
 use meshkv::secure::Security;
 use meshkv::{Db, Options};
@@ -43,8 +43,8 @@ pub struct ServeArgs {
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
     /// TOML file with `data`, `listen`, `peers`, `cluster`, `read_only`,
-    /// `metrics`, `peer_exchange`; flags override it. Relative paths in it
-    /// are relative to the file.
+    /// `metrics`, `peer_exchange`, `discovery`, `discovery_group`; flags
+    /// override it. Relative paths in it are relative to the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Refuse writes from remote clients (replication still flows).
@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// leave off where the topology is deliberate (hub and spokes).
     #[arg(long)]
     peer_exchange: bool,
+    /// Announce this node on the LAN and connect to the nodes of the
+    /// cluster heard there (UDP multicast, 239.255.77.75:7429 unless the
+    /// config sets `discovery_group`); needs --secret-file.
+    #[arg(long)]
+    discovery: bool,
     /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics
     /// (counters and peer addresses, no data; no credentials asked).
     #[arg(long, value_name = "HOST:PORT")]
@@ -82,6 +87,8 @@ struct FileConfig {
     cluster: Option<String>,
     read_only: Option<bool>,
     peer_exchange: Option<bool>,
+    discovery: Option<bool>,
+    discovery_group: Option<String>,
     metrics: Option<String>,
     secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
@@ -126,6 +133,8 @@ struct Settings {
     cluster: String,
     read_only: bool,
     peer_exchange: bool,
+    /// The multicast group to discover peers on (`None`: discovery off).
+    discovery: Option<String>,
     metrics: Option<String>,
     secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
@@ -155,6 +164,8 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
         cluster: target.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         read_only: args.read_only || file.read_only.unwrap_or(false),
         peer_exchange: args.peer_exchange || file.peer_exchange.unwrap_or(false),
+        discovery: (args.discovery || file.discovery.unwrap_or(false))
+            .then(|| file.discovery_group.unwrap_or_else(|| meshkv::node::DEFAULT_GROUP.to_string())),
         metrics: args.metrics.clone().or(file.metrics),
         secret_file: target.secret_file.clone().or(file.secret_file),
         read_only_secret_file: args.read_only_secret_file.clone().or(file.read_only_secret_file),
@@ -234,6 +245,18 @@ fn store_options(s: &Settings, max_frame: usize) -> Result<Options> {
     Ok(options)
 }
 
+/// Discovery on the multicast `group` (HOST:PORT), received on that port
+/// of every interface.
+fn discovery(group: &str) -> Result<Discovery> {
+    let group = resolve("discovery_group", group)?;
+    if !group.ip().is_multicast() {
+        bail!("discovery_group {group} is not a multicast address (for example {})", meshkv::node::DEFAULT_GROUP);
+    }
+    let any: std::net::IpAddr =
+        if group.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    Ok(Discovery { bind: SocketAddr::new(any, group.port()), announce_to: vec![group], ..Discovery::default() })
+}
+
 fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("cannot resolve {what} address {addr:?} (expected HOST:PORT)"))?
@@ -255,6 +278,7 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
     let peers = s.peers.iter().map(|p| resolve("peer", p).map(|a| (a, Mode::Sync))).collect::<Result<Vec<_>>>()?;
     let mut cfg = node_config(&s, listen, peers, args.insecure)?;
     cfg.metrics = s.metrics.as_deref().map(|m| resolve("metrics", m)).transpose()?;
+    cfg.discovery = s.discovery.as_deref().map(discovery).transpose()?;
     let options = store_options(&s, cfg.max_frame)?;
     let secured = cfg.security.is_enabled();
     let runtime =
@@ -384,6 +408,7 @@ mod tests {
                 cluster: "meshkv".into(),
                 read_only: false,
                 peer_exchange: false,
+                discovery: None,
                 metrics: None,
                 secret_file: None,
                 read_only_secret_file: None,

@@ -79,6 +79,11 @@ fn serve_refuses_bad_settings() {
     run(&["serve", "--data", data, "--listen", &format!("0.0.0.0:{port}")]).fails(2, "--insecure");
     run(&["serve", "--data", data, "--listen", "nonsense"]).fails(2, "cannot resolve listen address");
     run(&["serve", "--data", data, "--busy-poll-us", "20000"]).fails(2, "--busy-poll-us");
+    let listen = format!("127.0.0.1:{port}");
+    run(&["serve", "--data", data, "--listen", &listen, "--discovery"]).fails(2, "discovery needs the cluster secret");
+    let unicast = dir.path().join("unicast.toml");
+    std::fs::write(&unicast, "discovery = true\ndiscovery_group = \"127.0.0.1:7429\"\n").unwrap();
+    run(&["serve", "--data", data, "--config", unicast.to_str().unwrap()]).fails(2, "not a multicast address");
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:1\"\nfavourite_color = \"blue\"\n").unwrap();
     run(&["serve", "--config", config.to_str().unwrap()]).fails(2, "favourite_color");

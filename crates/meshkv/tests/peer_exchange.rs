@@ -15,8 +15,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 async fn start(dir: &tempfile::TempDir, peer_exchange: bool) -> Node {
+    start_with(dir, NodeConfig { listen: loopback(), peer_exchange, ..NodeConfig::default() }).await
+}
+
+async fn start_with(dir: &tempfile::TempDir, cfg: NodeConfig) -> Node {
     let db = Db::open(dir.path(), Options::default()).expect("open");
-    let cfg = NodeConfig { listen: loopback(), peer_exchange, ..NodeConfig::default() };
     Node::start(db, cfg).await.expect("start")
 }
 
@@ -74,7 +77,7 @@ async fn shared_addresses_are_filtered_and_bounded() {
     let mut known = vec![n_addr, d_addr];
     known.extend(&bogus);
     let mut frames = Vec::new();
-    codec::encode(&Message::Peers { listen_port: None, known }, &mut frames);
+    codec::encode(&Message::Peers { listen: None, known }, &mut frames);
     peer.send(&frames).await;
 
     eventually("N links to D, which it learned from the raw peer", || linked(&d).contains(&id(&n))).await;
@@ -82,14 +85,14 @@ async fn shared_addresses_are_filtered_and_bounded() {
     let shared = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match peer.recv().await.expect("the node closed the link") {
-                Message::Peers { listen_port, known } if known.contains(&d_addr) => return (listen_port, known),
+                Message::Peers { listen, known } if known.contains(&d_addr) => return (listen, known),
                 _ => {}
             }
         }
     })
     .await
     .expect("N shares its peers");
-    assert_eq!(shared, (Some(n_addr.port()), vec![d_addr]));
+    assert_eq!(shared, (Some(n_addr), vec![d_addr]));
     let dialed: BTreeSet<SocketAddr> = n.peers().into_iter().map(|p| p.addr).collect();
     assert!(!dialed.contains(&n_addr), "N never dials itself");
     assert!(bogus.iter().all(|a| !dialed.contains(a)), "bogus addresses are not dialed: {dialed:?}");
@@ -97,11 +100,47 @@ async fn shared_addresses_are_filtered_and_bounded() {
     // A list over the limit is a protocol error; N goes on serving D.
     let too_many = (0..=MAX_SHARED_PEERS as u16).map(|p| SocketAddr::from(([127, 0, 0, 1], 20_000 + p))).collect();
     let mut frames = Vec::new();
-    codec::encode(&Message::Peers { listen_port: None, known: too_many }, &mut frames);
+    codec::encode(&Message::Peers { listen: None, known: too_many }, &mut frames);
     peer.send(&frames).await;
     assert_eq!(peer.close_reason().await, Some(CloseReason::ProtocolError));
     n.db().put("after", "x").expect("put");
     eventually("N still replicates to D", || d.db().get("after").expect("get").is_some()).await;
     n.shutdown().await;
     d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_peer_is_learned_again_when_it_comes_back() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let quick = NodeConfig {
+        listen: loopback(),
+        peer_exchange: true,
+        forget_learned_after: Duration::from_millis(500),
+        ..NodeConfig::default()
+    };
+    // C neither shares nor learns: only A's dial, from what B shares, links them.
+    let c_cfg = |listen| NodeConfig { listen, ..NodeConfig::default() };
+    let c = start_with(&dirs[2], c_cfg(loopback())).await;
+    let c_addr = c.local_addr().expect("bound");
+    let b = start_with(&dirs[1], NodeConfig { peers: vec![(c_addr, Mode::Sync)], ..quick.clone() }).await;
+    let mut a = start_with(&dirs[0], quick.clone()).await;
+    a.add_peer(b.local_addr().expect("bound"), Mode::Sync);
+    let c_id = id(&c);
+    eventually("A learned C from B and linked to it", || {
+        linked(&a).contains(&c_id) && a.peers().iter().any(|p| p.addr == c_addr)
+    })
+    .await;
+
+    // C goes away for longer than A keeps a learned peer.
+    c.shutdown().await;
+    eventually("A forgot C's address", || !a.peers().iter().any(|p| p.addr == c_addr)).await;
+
+    // Back at the same address, B's dial reaches C again; B tells A, which dials C.
+    let c = start_with(&dirs[2], c_cfg(Some(c_addr))).await;
+    eventually("A and C linked again", || linked(&a).contains(&c_id) && linked(&c).contains(&id(&a))).await;
+    a.db().put("k", "v").expect("put");
+    eventually("A's write on C", || c.db().get("k").expect("get").is_some()).await;
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
 }

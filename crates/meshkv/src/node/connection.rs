@@ -333,12 +333,13 @@ async fn drive(
                     tracing::info!(%addr, %peer, "caught up");
                     let _ = ctx.events.send(NodeEvent::CaughtUp { peer });
                 }
-                LinkEvent::Peers { listen_port, known } => {
+                LinkEvent::Peers { listen, known } => {
                     if let (Some(exchange), Some(peer)) = (&ctx.exchange, ended.peer) {
-                        if let (Some(port), false) = (listen_port, dialed) {
-                            ctx.registry.set_listen(peer, SocketAddr::new(addr.ip(), port));
+                        if let (Some(listen), false) = (listen, dialed) {
+                            let ip = if listen.ip().is_unspecified() { addr.ip() } else { listen.ip() };
+                            ctx.registry.set_listen(peer, SocketAddr::new(ip, listen.port()));
                         }
-                        // A full queue drops the list; the next change resends.
+                        // A full queue drops the list; it is sent again.
                         let _ = exchange.try_send(known);
                     }
                 }
@@ -416,16 +417,28 @@ async fn drive(
     ended
 }
 
+/// A peer list is sent again after this long even if it did not change, so
+/// a peer that forgot an address (unreachable for a while) learns it again.
+const SHARE_REFRESH: Duration = Duration::from_secs(30);
+
 /// With peer exchange on, queues our peer list for `peer` if it changed
-/// since generation `sent`; returns the generation now sent.
-fn share_peers(ctx: &ConnCtx, link: &mut Link, peer: crate::NodeId, sent: Option<u64>) -> Option<u64> {
+/// since `sent` (generation and time) or that is [`SHARE_REFRESH`] ago;
+/// returns what is sent now.
+fn share_peers(
+    ctx: &ConnCtx,
+    link: &mut Link,
+    peer: crate::NodeId,
+    sent: Option<(u64, Instant)>,
+) -> Option<(u64, Instant)> {
     ctx.exchange.as_ref()?;
-    if sent == Some(ctx.registry.generation()) {
-        return sent;
+    if let Some((generation, at)) = sent {
+        if generation == ctx.registry.generation() && at.elapsed() < SHARE_REFRESH {
+            return sent;
+        }
     }
     let (generation, known) = ctx.registry.shared_addrs(peer);
-    link.share_peers(ctx.local_addr.map(|a| a.port()), known);
-    Some(generation)
+    link.share_peers(ctx.local_addr, known);
+    Some((generation, Instant::now()))
 }
 
 /// Hands one decoded frame (or a decoding error) to the link (`more`: another

@@ -2,8 +2,8 @@
 //! exponential backoff and jitter. Never dials an address that turned out to
 //! be this node, and does not dial while a link to the same peer (opened by
 //! either side) is up. A static peer is dialed until it is removed; one
-//! learned through peer exchange is forgotten once it has not answered for
-//! [`LEARNED_GIVE_UP`].
+//! learned through peer exchange or discovery is forgotten once it has not
+//! been reachable for `NodeConfig::forget_learned_after`.
 
 use super::connection::{self, ConnCtx};
 use super::NodeConfig;
@@ -16,8 +16,6 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
-/// A learned peer unreachable (no handshake) for this long is forgotten.
-pub(crate) const LEARNED_GIVE_UP: Duration = Duration::from_secs(60);
 
 pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
     let mut backoff = cfg.backoff_min;
@@ -30,7 +28,9 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
         let Some(mode) = ctx.registry.dial_mode(addr) else { return };
         let linked = ctx.registry.known_id(addr).is_some_and(|id| ctx.registry.is_linked(id));
         let mut outcome = None;
-        if !linked {
+        if linked {
+            failing_since = None;
+        } else {
             let started = Instant::now();
             let mut answered = false;
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
@@ -57,7 +57,7 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
             ctx.registry.forget_learned(addr);
             return;
         }
-        if failing_since.is_some_and(|t| t.elapsed() >= LEARNED_GIVE_UP) && ctx.registry.is_learned(addr) {
+        if failing_since.is_some_and(|t| t.elapsed() >= cfg.forget_learned_after) && ctx.registry.is_learned(addr) {
             tracing::info!(%addr, "forgetting a learned peer that stopped answering");
             ctx.registry.forget_learned(addr);
             return;

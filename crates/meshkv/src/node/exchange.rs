@@ -2,11 +2,13 @@
 //! where its other peers listen; the receiving node dials the addresses it
 //! did not know, so a cluster configured as a chain or a star becomes a mesh.
 //!
-//! Links forward what they hear to one task per node, which filters the
-//! addresses ([`admissible`]) and runs a dial loop for each new one. Learned
-//! targets are bounded ([`MAX_LEARNED`]) and forgotten when they stop
-//! answering or turn out to be a peer linked already
-//! ([`dialer::dial_loop`](super::dialer::dial_loop)).
+//! Links (and LAN discovery, `node/discovery.rs`) forward what they hear to
+//! one task per node, which filters the addresses ([`admissible`]) and runs
+//! a dial loop for each new one. Learned targets are bounded
+//! ([`MAX_LEARNED`]) and forgotten when they stop answering
+//! ([`dialer::dial_loop`](super::dialer::dial_loop)), lead back to this
+//! node, or lead to a node another dial target reaches
+//! (`Registry::learn`).
 
 use super::connection::ConnCtx;
 use super::{dialer, NodeConfig};
@@ -48,9 +50,9 @@ pub(crate) async fn run(ctx: ConnCtx, cfg: NodeConfig, mut lists: mpsc::Receiver
 }
 
 /// Whether an address a peer shared may be dialed: a concrete unicast
-/// address that is not our own listener, and without a secret (plaintext,
-/// unauthenticated) only a loopback one, as a node without credentials
-/// only listens there.
+/// address that is not our own listener, and, unless `non_loopback_ok` (a
+/// secret, or insecure listening allowed), a loopback one: a node without
+/// credentials only listens there, and its peers are not authenticated.
 pub(crate) fn admissible(addr: SocketAddr, ours: Option<SocketAddr>, non_loopback_ok: bool) -> bool {
     let ip = addr.ip();
     let unicast = match ip {

@@ -6,12 +6,14 @@
 mod admission;
 mod connection;
 mod dialer;
+mod discovery;
 mod exchange;
 mod group;
 mod metrics;
 mod registry;
 mod session;
 
+pub use discovery::{Discovery, DEFAULT_GROUP};
 pub use registry::{PeerState, PeerStatus};
 pub use session::{ServerOptions, WriteHook};
 
@@ -62,11 +64,20 @@ pub struct NodeConfig {
     /// Allow a non-loopback listener without a secret (trusted networks only).
     pub allow_insecure: bool,
     /// Peer exchange (default off): tell peers where we and our other peers
-    /// listen, and dial the peers they tell us about (at most 64 learned,
-    /// each forgotten after a minute without an answer; without a secret
-    /// only loopback addresses). Turns a chain or a star into a mesh, so
-    /// leave it off where the topology is deliberate (hub and spokes).
+    /// listen, and dial the peers they tell us about (at most 64 learned;
+    /// without a secret, only loopback addresses unless `allow_insecure`).
+    /// Turns a chain or a star into a mesh, so leave it off where the
+    /// topology is deliberate (hub and spokes).
     pub peer_exchange: bool,
+    /// A peer learned through peer exchange or discovery that has not been
+    /// reachable for this long is forgotten (default 60 s); it is learned
+    /// again when a peer shares it or it announces itself again.
+    pub forget_learned_after: Duration,
+    /// LAN discovery (`None`, the default: off): announce this node to a
+    /// multicast group and dial the nodes of the cluster heard there, as
+    /// peer exchange does (same limits). Needs the cluster secret, which
+    /// authenticates the announcements.
+    pub discovery: Option<Discovery>,
     /// Address of an HTTP listener serving Prometheus metrics at
     /// `/metrics` (`None`: no metrics endpoint). It exposes counters and
     /// peer addresses, never data, and needs no credentials.
@@ -89,6 +100,8 @@ impl Default for NodeConfig {
             security: Security::default(),
             allow_insecure: false,
             peer_exchange: false,
+            forget_learned_after: Duration::from_secs(60),
+            discovery: None,
             metrics: None,
         }
     }
@@ -171,6 +184,7 @@ pub struct Node {
     db: Db,
     local_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    discovery_addr: Option<SocketAddr>,
     metrics: Arc<metrics::NodeMetrics>,
     registry: Arc<Registry>,
     events: broadcast::Sender<NodeEvent>,
@@ -192,6 +206,17 @@ impl Node {
                 "the read-only secret equals the cluster secret: it would grant writes".into(),
             ));
         }
+        if cfg.discovery.is_some() {
+            let Some(secret) = &cfg.security.secret else {
+                return Err(NodeError::Config(
+                    "discovery needs the cluster secret: it authenticates announcements".into(),
+                ));
+            };
+            let probe = crate::protocol::announce::Announcement::new(&cfg.link.cluster, db.node_id(), 0, 0);
+            if probe.seal(secret).is_none() {
+                return Err(NodeError::Config("the cluster name is too long for discovery announcements".into()));
+            }
+        }
         match cfg.listen {
             Some(addr) if !addr.ip().is_loopback() && !cfg.security.is_enabled() && !cfg.allow_insecure => {
                 return Err(NodeError::Insecure { addr });
@@ -208,6 +233,11 @@ impl Node {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let discovery_socket = match &cfg.discovery {
+            Some(d) => Some(discovery::bind(d).map_err(|source| NodeError::Listen { addr: d.bind, source })?),
+            None => None,
+        };
+        let discovery_addr = discovery_socket.as_ref().and_then(|s| s.local_addr().ok());
         let (events, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let registry = Arc::new(Registry::new());
@@ -215,7 +245,8 @@ impl Node {
             0 => 65_536,
             n => n,
         };
-        let (exchange_tx, exchange_rx) = match cfg.peer_exchange {
+        // Addresses learned by peer exchange and discovery go to one task.
+        let (learned_tx, learned_rx) = match cfg.peer_exchange || cfg.discovery.is_some() {
             true => {
                 let (tx, rx) = tokio::sync::mpsc::channel(exchange::QUEUE);
                 (Some(tx), Some(rx))
@@ -224,7 +255,7 @@ impl Node {
         };
         let ctx = ConnCtx {
             db: db.clone(),
-            exchange: exchange_tx,
+            exchange: learned_tx.clone().filter(|_| cfg.peer_exchange),
             cluster: cfg.link.cluster.clone(),
             local_addr,
             server: Arc::new(connection::ServerState {
@@ -246,6 +277,7 @@ impl Node {
             db,
             local_addr,
             metrics_addr,
+            discovery_addr,
             metrics,
             registry,
             events,
@@ -268,8 +300,14 @@ impl Node {
             node.tasks.spawn(accept_loop(listener, node.ctx.clone(), cfg.clone()));
         }
         node.tasks.spawn(forward_conflicts(node.db.clone(), node.events.clone(), node.ctx.shutdown.clone()));
-        if let Some(lists) = exchange_rx {
+        if let Some(lists) = learned_rx {
             node.tasks.spawn(exchange::run(node.ctx.clone(), cfg.clone(), lists));
+        }
+        if let (Some(socket), Some(d), Some(secret), Some(learned)) =
+            (discovery_socket, &cfg.discovery, &cfg.security.secret, learned_tx)
+        {
+            tracing::info!(addr = ?discovery_addr, announce_to = ?d.announce_to, "discovering peers");
+            node.tasks.spawn(discovery::run(node.ctx.clone(), d.clone(), socket, secret.clone(), learned));
         }
         for (addr, mode) in cfg.peers {
             node.add_peer(addr, mode);
@@ -290,6 +328,11 @@ impl Node {
     /// The address the metrics endpoint is bound to, if one was configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The address the discovery socket is bound to, if discovery is on.
+    pub fn discovery_addr(&self) -> Option<SocketAddr> {
+        self.discovery_addr
     }
 
     /// The node's metrics in the Prometheus text format, as the metrics

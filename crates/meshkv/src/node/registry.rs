@@ -76,6 +76,9 @@ pub(crate) struct LinkCounts {
     pub bytes_received: u64,
 }
 
+/// Addresses remembered as leading to this node, at most.
+const MAX_OWN_ADDRS: usize = 1024;
+
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
 }
@@ -248,6 +251,7 @@ impl Registry {
         let mut g = self.lock();
         if g.learned.remove(&addr) {
             g.dial.remove(&addr);
+            g.addr_ids.remove(&addr);
         }
     }
 
@@ -269,16 +273,32 @@ impl Registry {
         v
     }
 
+    /// Remembers that `addr` leads to this node (up to [`MAX_OWN_ADDRS`]
+    /// addresses; past that, such an address is only dialed again if a peer
+    /// shares it again).
     pub fn mark_self(&self, addr: SocketAddr) {
-        self.lock().own_addrs.insert(addr);
+        let mut g = self.lock();
+        if g.own_addrs.len() < MAX_OWN_ADDRS {
+            g.own_addrs.insert(addr);
+        }
     }
 
     pub fn is_self(&self, addr: SocketAddr) -> bool {
         self.lock().own_addrs.contains(&addr)
     }
 
+    /// Records that the dialed `addr` leads to `peer`. A learned address of
+    /// a peer that another dial target already leads to is forgotten: one
+    /// dial loop per node is enough, and two could keep replacing each
+    /// other's links.
     pub fn learn(&self, addr: SocketAddr, peer: NodeId) {
-        self.lock().addr_ids.insert(addr, peer);
+        let mut g = self.lock();
+        let elsewhere = g.addr_ids.iter().any(|(a, p)| *p == peer && *a != addr && g.dial.contains_key(a));
+        if elsewhere && g.learned.remove(&addr) {
+            g.dial.remove(&addr);
+            return;
+        }
+        g.addr_ids.insert(addr, peer);
     }
 
     /// The peer id behind a dialed address, if a handshake told us.

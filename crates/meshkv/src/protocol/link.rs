@@ -67,8 +67,9 @@ pub enum LinkEvent {
     /// The peer told where it listens and which peers it knows (peer
     /// exchange); the runtime decides what to dial.
     Peers {
-        /// The port the peer accepts connections on, if it listens.
-        listen_port: Option<u16>,
+        /// Where the peer accepts connections, if it listens (an
+        /// unspecified IP: the one its connection comes from).
+        listen: Option<std::net::SocketAddr>,
         /// Listen addresses of the peer's other peers.
         known: Vec<std::net::SocketAddr>,
     },
@@ -226,14 +227,10 @@ impl Link {
                 self.outbox.push_back(start);
                 Ok(())
             }
-            (State::Open, Message::Peers { listen_port, known }) => {
-                if known.len() > MAX_SHARED_PEERS {
-                    return Err(LinkError::Protocol(format!(
-                        "{} peer addresses shared (limit {MAX_SHARED_PEERS})",
-                        known.len()
-                    )));
-                }
-                self.events.push_back(LinkEvent::Peers { listen_port, known });
+            (State::Open, Message::Peers { listen, known }) => {
+                // Decoding refused longer lists already.
+                debug_assert!(known.len() <= MAX_SHARED_PEERS);
+                self.events.push_back(LinkEvent::Peers { listen, known });
                 Ok(())
             }
             (State::Open, Message::Ack { id }) => {
@@ -319,13 +316,13 @@ impl Link {
         }
     }
 
-    /// Queues a peer-exchange message: the port we accept peers on and the
+    /// Queues a peer-exchange message: where we accept peers and the
     /// listen addresses of our other peers (the first [`MAX_SHARED_PEERS`]).
     /// Ignored until the handshake is done.
-    pub fn share_peers(&mut self, listen_port: Option<u16>, mut known: Vec<std::net::SocketAddr>) {
+    pub fn share_peers(&mut self, listen: Option<std::net::SocketAddr>, mut known: Vec<std::net::SocketAddr>) {
         if matches!(self.state, State::Open) {
             known.truncate(MAX_SHARED_PEERS);
-            self.outbox.push_back(Message::Peers { listen_port, known });
+            self.outbox.push_back(Message::Peers { listen, known });
         }
     }
 

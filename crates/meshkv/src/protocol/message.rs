@@ -3,7 +3,8 @@
 use super::request::{RemoteError, Request, Response};
 use crate::storage::{EncodedRecord, KeySkip, Position, ResumePoint};
 use crate::version::{NodeId, VersionVector};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::SocketAddr;
 
 /// Magic bytes that open every handshake.
 pub const MAGIC: [u8; 4] = *b"MKV1";
@@ -216,14 +217,17 @@ pub enum Message {
         reason: CloseReason,
     },
     /// Peer exchange: where the sender listens and the listen addresses of
-    /// the other peers it is linked to (at most [`MAX_SHARED_PEERS`]).
-    /// Sent only by nodes with peer exchange on.
+    /// the other peers it is linked to (at most [`MAX_SHARED_PEERS`]; a
+    /// longer list fails decoding before it is allocated). Sent only by
+    /// nodes with peer exchange on.
     Peers {
-        /// The port the sender accepts peers on (`None`: it only dials); its
-        /// address is the one the connection comes from.
-        listen_port: Option<u16>,
+        /// Where the sender accepts peers (`None`: it only dials). An
+        /// unspecified IP (a listener on all interfaces) stands for the IP
+        /// the connection comes from.
+        listen: Option<SocketAddr>,
         /// Addresses of the sender's other peers.
-        known: Vec<std::net::SocketAddr>,
+        #[serde(deserialize_with = "bounded_addrs")]
+        known: Vec<SocketAddr>,
     },
 }
 
@@ -247,4 +251,31 @@ impl Message {
             Message::Peers { .. } => "peers",
         }
     }
+}
+
+/// Decodes at most [`MAX_SHARED_PEERS`] addresses: a longer list is refused
+/// from its length prefix, before anything is allocated for it.
+fn bounded_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<SocketAddr>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {MAX_SHARED_PEERS} socket addresses")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let too_many = |n: usize| serde::de::Error::invalid_length(n, &self);
+            if let Some(n) = seq.size_hint().filter(|n| *n > MAX_SHARED_PEERS) {
+                return Err(too_many(n));
+            }
+            let mut out = Vec::new();
+            while let Some(addr) = seq.next_element()? {
+                if out.len() == MAX_SHARED_PEERS {
+                    return Err(too_many(out.len() + 1));
+                }
+                out.push(addr);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }

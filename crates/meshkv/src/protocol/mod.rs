@@ -4,6 +4,7 @@
 //! by feeding it messages, feed commits and clock ticks, and sending what it
 //! queues.
 
+pub mod announce;
 pub mod codec;
 mod link;
 pub mod message;

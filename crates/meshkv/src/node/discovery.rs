@@ -1,0 +1,133 @@
+//! LAN discovery (SPEC §4): a node sends a sealed [`Announcement`] to a
+//! UDP multicast group at an interval and listens on that group; an
+//! authentic announcement of another node of its cluster names an address
+//! to dial, which goes to the same task as peer-exchange lists
+//! (`node/exchange.rs`), with the same filters and bounds.
+
+use super::connection::ConnCtx;
+use crate::protocol::announce::{Announcement, MAX_DATAGRAM};
+use crate::secure::Secret;
+use rand::Rng;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// The multicast group (organisation-local scope) and port announcements
+/// go to by default.
+pub const DEFAULT_GROUP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 77, 75)), 7429);
+
+/// How a node discovers peers on its LAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovery {
+    /// Where announcements are received (default `0.0.0.0:7429`). Several
+    /// nodes of one host can share the port.
+    pub bind: SocketAddr,
+    /// Where announcements are sent (default [`DEFAULT_GROUP`]). A
+    /// multicast group is joined, with a TTL of 1 (the local network only);
+    /// unicast addresses are sent to as they are.
+    pub announce_to: Vec<SocketAddr>,
+    /// Between two announcements (default 5 s, ±20 % jitter).
+    pub interval: Duration,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_GROUP.port()),
+            announce_to: vec![DEFAULT_GROUP],
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Binds the discovery socket and joins the multicast groups among the
+/// targets. Errors are the operating system's (a port in use without
+/// address reuse, no multicast route).
+pub(crate) fn bind(cfg: &Discovery) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(cfg.bind), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&cfg.bind.into())?;
+    for target in &cfg.announce_to {
+        match target.ip() {
+            IpAddr::V4(group) if group.is_multicast() => {
+                let interface = match cfg.bind.ip() {
+                    IpAddr::V4(ip) => ip,
+                    IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                };
+                socket.join_multicast_v4(&group, &interface)?;
+                socket.set_multicast_ttl_v4(1)?;
+                socket.set_multicast_loop_v4(true)?;
+            }
+            IpAddr::V6(group) if group.is_multicast() => {
+                socket.join_multicast_v6(&group, 0)?;
+                socket.set_multicast_hops_v6(1)?;
+            }
+            _ => {}
+        }
+    }
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Announces `listen_port` (if the node listens) and hands the addresses of
+/// authentic announcements from other nodes of the cluster to `learned`,
+/// until shutdown.
+pub(crate) async fn run(
+    ctx: ConnCtx,
+    cfg: Discovery,
+    socket: UdpSocket,
+    secret: Secret,
+    learned: mpsc::Sender<Vec<SocketAddr>>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    let me = ctx.db.node_id();
+    let mut next = tokio::time::Instant::now();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                if let Some(port) = ctx.local_addr.map(|a| a.port()) {
+                    announce(&socket, &cfg.announce_to, &Announcement::new(&ctx.cluster, me, port, now_ms()), &secret).await;
+                }
+                next += cfg.interval.mul_f64(rand::rng().random_range(0.8..1.2));
+            }
+            got = socket.recv_from(&mut buf) => {
+                let (len, from) = match got {
+                    Ok(got) => got,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "discovery socket error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                match Announcement::open(&buf[..len], &secret, now_ms()) {
+                    Ok(a) if a.node != me && a.cluster == ctx.cluster => {
+                        // A full queue drops it; the next announcement comes soon.
+                        let _ = learned.try_send(vec![SocketAddr::new(from.ip(), a.listen_port)]);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%from, error = %e, "ignored a discovery datagram"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn announce(socket: &UdpSocket, targets: &[SocketAddr], a: &Announcement, secret: &Secret) {
+    let Some(datagram) = a.seal(secret) else {
+        tracing::warn!("the cluster name is too long to announce; discovery sends nothing");
+        return;
+    };
+    for target in targets {
+        if let Err(e) = socket.send_to(&datagram, target).await {
+            tracing::debug!(%target, error = %e, "cannot send a discovery announcement");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
