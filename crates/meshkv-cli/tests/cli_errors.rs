@@ -84,6 +84,12 @@ fn serve_refuses_bad_settings() {
     let unicast = dir.path().join("unicast.toml");
     std::fs::write(&unicast, "discovery = true\ndiscovery_group = \"127.0.0.1:7429\"\n").unwrap();
     run(&["serve", "--data", data, "--config", unicast.to_str().unwrap()]).fails(2, "not a multicast address");
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, "3c".repeat(32)).unwrap();
+    let secret = secret.to_str().unwrap();
+    // The default listener is on loopback: nothing to announce to the network (and nothing is sent).
+    run(&["serve", "--data", data, "--listen", &listen, "--secret-file", secret, "--discovery"])
+        .fails(2, "loopback listener");
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:1\"\nfavourite_color = \"blue\"\n").unwrap();
     run(&["serve", "--config", config.to_str().unwrap()]).fails(2, "favourite_color");

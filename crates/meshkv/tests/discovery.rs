@@ -58,7 +58,9 @@ async fn forged_stale_foreign_and_own_announcements_are_ignored() {
     let d = start(&dd, &secret, None).await;
     let (to, port) = (a.discovery_addr().expect("bound"), d.local_addr().expect("bound").port());
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-    let fresh = |cluster: &str, node: NodeId, sent_ms: u64| Announcement::new(cluster, node, port, sent_ms);
+    // An unspecified IP: A dials the address the datagram comes from.
+    let listen = SocketAddr::from(([0, 0, 0, 0], port));
+    let fresh = |cluster: &str, node: NodeId, sent_ms: u64| Announcement::new(cluster, node, listen, sent_ms);
     let ignored = [
         fresh("meshkv", NodeId::random(), now_ms()).seal(&Secret::generate()).expect("fits"),
         fresh("meshkv", NodeId::random(), now_ms() - 120_000).seal(&secret).expect("fits"),
@@ -74,11 +76,27 @@ async fn forged_stale_foreign_and_own_announcements_are_ignored() {
     assert!(!linked(&a, &d) && !linked(&d, &a), "A dialed D from an announcement it should have ignored");
     assert!(a.peers().is_empty(), "nothing learned: {:?}", a.peers());
 
-    let good = fresh("meshkv", NodeId::random(), now_ms()).seal(&secret).expect("fits");
-    udp.send_to(&good, to).await.expect("send");
+    // Authentic and fresh, naming D's address itself.
+    let good = Announcement::new("meshkv", NodeId::random(), d.local_addr().expect("bound"), now_ms());
+    udp.send_to(&good.seal(&secret).expect("fits"), to).await.expect("send");
     eventually("A dialed D after an authentic announcement", || linked(&a, &d)).await;
     a.shutdown().await;
     d.shutdown().await;
+}
+
+#[tokio::test]
+async fn discovery_of_a_loopback_listener_to_the_network_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let security = Security::with_secret(Secret::generate());
+    // Nothing is sent: the node refuses to start.
+    let cfg =
+        NodeConfig { listen: loopback(), security, discovery: Some(Discovery::default()), ..NodeConfig::default() };
+    match Node::start(db, cfg).await {
+        Err(NodeError::Config(msg)) => assert!(msg.contains("loopback"), "{msg}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a loopback listener was announced to the network"),
+    }
 }
 
 #[tokio::test]

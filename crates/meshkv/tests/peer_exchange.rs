@@ -144,3 +144,30 @@ async fn a_forgotten_peer_is_learned_again_when_it_comes_back() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_lists_are_sent_again_while_nothing_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = NodeConfig {
+        listen: loopback(),
+        peer_exchange: true,
+        forget_learned_after: Duration::from_millis(400),
+        ..NodeConfig::default()
+    };
+    let n = start_with(&dir, cfg).await;
+    let mut peer = RawPeer::connect(n.local_addr().expect("bound")).await;
+    peer.digest().await;
+    // Once when the link is up, then again although no link changed: a peer
+    // that forgot an address learns it again.
+    let lists = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut lists = 0;
+        while lists < 2 {
+            if let Message::Peers { .. } = peer.recv().await.expect("the node closed the link") {
+                lists += 1;
+            }
+        }
+    })
+    .await;
+    assert!(lists.is_ok(), "no second peer list");
+    n.shutdown().await;
+}

@@ -26,6 +26,10 @@ pub(crate) struct ConnCtx {
     pub db: Db,
     /// Where links send the peer lists they receive (peer exchange on).
     pub exchange: Option<mpsc::Sender<Vec<SocketAddr>>>,
+    /// A peer list is sent again after this long even if it did not change,
+    /// so a peer that forgot an address (out of reach for a while) learns it
+    /// again: half of `NodeConfig::forget_learned_after`, at most 30 s.
+    pub share_refresh: Duration,
     /// Cluster name clients must present.
     pub cluster: String,
     /// Where the node listens (for status).
@@ -417,12 +421,8 @@ async fn drive(
     ended
 }
 
-/// A peer list is sent again after this long even if it did not change, so
-/// a peer that forgot an address (unreachable for a while) learns it again.
-const SHARE_REFRESH: Duration = Duration::from_secs(30);
-
 /// With peer exchange on, queues our peer list for `peer` if it changed
-/// since `sent` (generation and time) or that is [`SHARE_REFRESH`] ago;
+/// since `sent` (generation and time) or that is `share_refresh` ago;
 /// returns what is sent now.
 fn share_peers(
     ctx: &ConnCtx,
@@ -432,7 +432,7 @@ fn share_peers(
 ) -> Option<(u64, Instant)> {
     ctx.exchange.as_ref()?;
     if let Some((generation, at)) = sent {
-        if generation == ctx.registry.generation() && at.elapsed() < SHARE_REFRESH {
+        if generation == ctx.registry.generation() && at.elapsed() < ctx.share_refresh {
             return sent;
         }
     }

@@ -2,14 +2,18 @@
 //! UDP multicast group at an interval and listens on that group; an
 //! authentic announcement of another node of its cluster names an address
 //! to dial, which goes to the same task as peer-exchange lists
-//! (`node/exchange.rs`), with the same filters and bounds.
+//! (`node/exchange.rs`), with the same filters and bounds. Of each announcing
+//! node only announcements newer than the last one heard count, so replaying
+//! one (from a forged source address) leads nowhere.
 
 use super::connection::ConnCtx;
 use crate::protocol::announce::{Announcement, MAX_DATAGRAM};
 use crate::secure::Secret;
+use crate::version::NodeId;
 use rand::Rng;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -21,8 +25,11 @@ pub const DEFAULT_GROUP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(2
 /// How a node discovers peers on its LAN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Discovery {
-    /// Where announcements are received (default `0.0.0.0:7429`). Several
-    /// nodes of one host can share the port.
+    /// Where announcements are received (default `0.0.0.0:7429`). With a
+    /// multicast target the socket binds this port on every interface and
+    /// joins the group on the interface of this IP (unspecified: the one
+    /// the routing table picks). Several nodes of one host can share the
+    /// port (on Linux).
     pub bind: SocketAddr,
     /// Where announcements are sent (default [`DEFAULT_GROUP`]). A
     /// multicast group is joined, with a TTL of 1 (the local network only);
@@ -46,9 +53,15 @@ impl Default for Discovery {
 /// targets. Errors are the operating system's (a port in use without
 /// address reuse, no multicast route).
 pub(crate) fn bind(cfg: &Discovery) -> std::io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(cfg.bind), Type::DGRAM, Some(Protocol::UDP))?;
+    let multicast = cfg.announce_to.iter().any(|t| t.ip().is_multicast());
+    let local = match (multicast, cfg.bind.ip()) {
+        (true, IpAddr::V4(_)) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), cfg.bind.port()),
+        (true, IpAddr::V6(_)) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), cfg.bind.port()),
+        (false, _) => cfg.bind,
+    };
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
-    socket.bind(&cfg.bind.into())?;
+    socket.bind(&local.into())?;
     for target in &cfg.announce_to {
         match target.ip() {
             IpAddr::V4(group) if group.is_multicast() => {
@@ -71,9 +84,9 @@ pub(crate) fn bind(cfg: &Discovery) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Announces `listen_port` (if the node listens) and hands the addresses of
-/// authentic announcements from other nodes of the cluster to `learned`,
-/// until shutdown.
+/// Announces the node's listen address (if it listens) and hands the
+/// addresses of authentic announcements from other nodes of the cluster to
+/// `learned`, until shutdown.
 pub(crate) async fn run(
     ctx: ConnCtx,
     cfg: Discovery,
@@ -85,11 +98,12 @@ pub(crate) async fn run(
     let me = ctx.db.node_id();
     let mut next = tokio::time::Instant::now();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut heard = Heard::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
-                if let Some(port) = ctx.local_addr.map(|a| a.port()) {
-                    announce(&socket, &cfg.announce_to, &Announcement::new(&ctx.cluster, me, port, now_ms()), &secret).await;
+                if let Some(listen) = ctx.local_addr {
+                    announce(&socket, &cfg.announce_to, &Announcement::new(&ctx.cluster, me, listen, now_ms()), &secret).await;
                 }
                 next += cfg.interval.mul_f64(rand::rng().random_range(0.8..1.2));
             }
@@ -103,9 +117,9 @@ pub(crate) async fn run(
                     }
                 };
                 match Announcement::open(&buf[..len], &secret, now_ms()) {
-                    Ok(a) if a.node != me && a.cluster == ctx.cluster => {
+                    Ok(a) if a.node != me && a.cluster == ctx.cluster && heard.newer(&a) => {
                         // A full queue drops it; the next announcement comes soon.
-                        let _ = learned.try_send(vec![SocketAddr::new(from.ip(), a.listen_port)]);
+                        let _ = learned.try_send(vec![a.dial_addr(from)]);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(%from, error = %e, "ignored a discovery datagram"),
@@ -113,6 +127,29 @@ pub(crate) async fn run(
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// The newest announcement time heard from each node, for at most
+/// [`super::exchange::MAX_LEARNED`] nodes at a time.
+#[derive(Default)]
+struct Heard(HashMap<NodeId, u64>);
+
+impl Heard {
+    /// Whether `a` is newer than anything heard from its node (and notes it).
+    fn newer(&mut self, a: &Announcement) -> bool {
+        if !self.0.contains_key(&a.node) && self.0.len() >= super::exchange::MAX_LEARNED {
+            // Nodes silent for longer than an announcement stays fresh go first.
+            let horizon = a.sent_ms.saturating_sub(2 * crate::protocol::announce::MAX_AGE_MS);
+            self.0.retain(|_, sent| *sent >= horizon);
+            if self.0.len() >= super::exchange::MAX_LEARNED {
+                return false;
+            }
+        }
+        let last = self.0.entry(a.node).or_insert(0);
+        let newer = a.sent_ms > *last;
+        *last = (*last).max(a.sent_ms);
+        newer
     }
 }
 
@@ -130,4 +167,36 @@ async fn announce(socket: &UdpSocket, targets: &[SocketAddr], a: &Announcement, 
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(node: u64, sent_ms: u64) -> Announcement {
+        Announcement::new("c", NodeId(node), SocketAddr::from(([0, 0, 0, 0], 7420)), sent_ms)
+    }
+
+    #[test]
+    fn only_announcements_newer_than_the_last_one_of_their_node_count() {
+        let mut heard = Heard::default();
+        assert!(heard.newer(&from(1, 100)));
+        assert!(!heard.newer(&from(1, 100)), "a replay");
+        assert!(!heard.newer(&from(1, 99)), "an older one");
+        assert!(heard.newer(&from(1, 101)));
+        assert!(heard.newer(&from(2, 50)), "another node");
+    }
+
+    #[test]
+    fn the_nodes_remembered_are_bounded_and_silent_ones_go_first() {
+        let mut heard = Heard::default();
+        let max = crate::node::exchange::MAX_LEARNED as u64;
+        for n in 0..max {
+            assert!(heard.newer(&from(n, 1_000)));
+        }
+        assert!(!heard.newer(&from(max, 1_000)), "full of nodes heard just now");
+        let later = 1_000 + 3 * crate::protocol::announce::MAX_AGE_MS;
+        assert!(heard.newer(&from(max, later)), "the silent ones made room");
+        assert_eq!(heard.0.len(), 1);
+    }
 }

@@ -5,10 +5,10 @@
 //! Links (and LAN discovery, `node/discovery.rs`) forward what they hear to
 //! one task per node, which filters the addresses ([`admissible`]) and runs
 //! a dial loop for each new one. Learned targets are bounded
-//! ([`MAX_LEARNED`]) and forgotten when they stop answering
-//! ([`dialer::dial_loop`](super::dialer::dial_loop)), lead back to this
-//! node, or lead to a node another dial target reaches
-//! (`Registry::learn`).
+//! ([`MAX_LEARNED`]) and forgotten when they stop answering or lead back to
+//! this node ([`dialer::dial_loop`](super::dialer::dial_loop)). Two targets
+//! that reach the same node cost one link: a dial loop does not dial while
+//! its node is linked.
 
 use super::connection::ConnCtx;
 use super::{dialer, NodeConfig};

@@ -212,9 +212,18 @@ impl Node {
                     "discovery needs the cluster secret: it authenticates announcements".into(),
                 ));
             };
-            let probe = crate::protocol::announce::Announcement::new(&cfg.link.cluster, db.node_id(), 0, 0);
+            let widest = SocketAddr::new(std::net::Ipv6Addr::from(u128::MAX).into(), u16::MAX);
+            let probe =
+                crate::protocol::announce::Announcement::new(&cfg.link.cluster, NodeId(u64::MAX), widest, u64::MAX);
             if probe.seal(secret).is_none() {
                 return Err(NodeError::Config("the cluster name is too long for discovery announcements".into()));
+            }
+            let beyond = cfg.discovery.iter().flat_map(|d| &d.announce_to).any(|t| !t.ip().is_loopback());
+            if beyond && cfg.listen.is_some_and(|l| l.ip().is_loopback()) {
+                return Err(NodeError::Config(
+                    "discovery would announce a loopback listener to the network; listen on an address peers can reach"
+                        .into(),
+                ));
             }
         }
         match cfg.listen {
@@ -256,6 +265,7 @@ impl Node {
         let ctx = ConnCtx {
             db: db.clone(),
             exchange: learned_tx.clone().filter(|_| cfg.peer_exchange),
+            share_refresh: (cfg.forget_learned_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(30)),
             cluster: cfg.link.cluster.clone(),
             local_addr,
             server: Arc::new(connection::ServerState {

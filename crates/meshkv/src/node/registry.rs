@@ -287,18 +287,9 @@ impl Registry {
         self.lock().own_addrs.contains(&addr)
     }
 
-    /// Records that the dialed `addr` leads to `peer`. A learned address of
-    /// a peer that another dial target already leads to is forgotten: one
-    /// dial loop per node is enough, and two could keep replacing each
-    /// other's links.
+    /// Records that the dialed `addr` leads to `peer`.
     pub fn learn(&self, addr: SocketAddr, peer: NodeId) {
-        let mut g = self.lock();
-        let elsewhere = g.addr_ids.iter().any(|(a, p)| *p == peer && *a != addr && g.dial.contains_key(a));
-        if elsewhere && g.learned.remove(&addr) {
-            g.dial.remove(&addr);
-            return;
-        }
-        g.addr_ids.insert(addr, peer);
+        self.lock().addr_ids.insert(addr, peer);
     }
 
     /// The peer id behind a dialed address, if a handshake told us.

@@ -5,15 +5,18 @@
 //! A datagram is the postcard encoding of an [`Announcement`] followed by a
 //! 32-byte tag: keyed BLAKE2b over the encoding, with the cluster secret as
 //! key and a personalization string of its own (so the tag can be nothing
-//! else the secret authenticates). Only holders of the secret can announce;
-//! a recorded announcement is accepted again only while it is fresh
-//! ([`MAX_AGE_MS`]), and then only points at the node that sent it.
+//! else the secret authenticates). Only holders of the secret can announce,
+//! and a recorded announcement is accepted again only while it is fresh
+//! ([`MAX_AGE_MS`]). The listen address is inside the tag; only when it is
+//! unspecified (a node listening on every interface) does the datagram's
+//! source address, which a replayer can forge, take its place.
 
 use crate::secure::Secret;
 use crate::version::NodeId;
 use blake2::digest::consts::U32;
 use blake2::digest::Mac;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// Magic bytes that open every announcement.
 pub const ANNOUNCE_MAGIC: [u8; 4] = *b"MKVA";
@@ -39,8 +42,9 @@ pub struct Announcement {
     pub cluster: String,
     /// The sender's node id.
     pub node: NodeId,
-    /// The port it accepts peers on, at the address the datagram comes from.
-    pub listen_port: u16,
+    /// Where it accepts peers; an unspecified IP stands for the address the
+    /// datagram comes from.
+    pub listen: SocketAddr,
     /// When it was sent: milliseconds since the Unix epoch.
     pub sent_ms: u64,
 }
@@ -67,16 +71,28 @@ pub enum AnnounceError {
 }
 
 impl Announcement {
-    /// An announcement of `node` of `cluster`, listening on `listen_port`,
-    /// sent at `sent_ms`.
-    pub fn new(cluster: &str, node: NodeId, listen_port: u16, sent_ms: u64) -> Self {
+    /// An announcement of `node` of `cluster`, listening on `listen`, sent
+    /// at `sent_ms`.
+    pub fn new(cluster: &str, node: NodeId, listen: SocketAddr, sent_ms: u64) -> Self {
         Announcement {
             magic: ANNOUNCE_MAGIC,
             version: ANNOUNCE_VERSION,
             cluster: cluster.into(),
             node,
-            listen_port,
+            listen,
             sent_ms,
+        }
+    }
+
+    /// The address to dial for the announcement received from `from`.
+    pub fn dial_addr(&self, from: SocketAddr) -> SocketAddr {
+        if self.listen.ip().is_unspecified() {
+            // Keeps an IPv6 sender's scope (a link-local address needs it).
+            let mut addr = from;
+            addr.set_port(self.listen.port());
+            addr
+        } else {
+            self.listen
         }
     }
 
@@ -123,15 +139,19 @@ mod tests {
 
     const NOW: u64 = 1_790_000_000_000;
 
+    fn any(port: u16) -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    }
+
     fn sealed(secret: &Secret) -> Vec<u8> {
-        Announcement::new("prod", NodeId(7), 7420, NOW).seal(secret).expect("fits")
+        Announcement::new("prod", NodeId(7), any(7420), NOW).seal(secret).expect("fits")
     }
 
     #[test]
     fn a_sealed_announcement_opens_with_the_same_secret_only() {
         let secret = Secret::generate();
         let got = Announcement::open(&sealed(&secret), &secret, NOW + 1_000).expect("opens");
-        assert_eq!(got, Announcement::new("prod", NodeId(7), 7420, NOW));
+        assert_eq!(got, Announcement::new("prod", NodeId(7), any(7420), NOW));
         assert_eq!(Announcement::open(&sealed(&secret), &Secret::generate(), NOW), Err(AnnounceError::Forged));
     }
 
@@ -155,10 +175,19 @@ mod tests {
     #[test]
     fn authentic_bytes_of_another_format_are_malformed() {
         let secret = Secret::generate();
-        let mut other = Announcement::new("prod", NodeId(7), 7420, NOW);
+        let mut other = Announcement::new("prod", NodeId(7), any(7420), NOW);
         other.version = ANNOUNCE_VERSION + 1;
         let datagram = other.seal(&secret).expect("fits");
         assert_eq!(Announcement::open(&datagram, &secret, NOW), Err(AnnounceError::Malformed));
-        assert!(Announcement::new(&"x".repeat(600), NodeId(7), 1, NOW).seal(&secret).is_none(), "over the size");
+        assert!(Announcement::new(&"x".repeat(600), NodeId(7), any(1), NOW).seal(&secret).is_none(), "over the size");
+    }
+
+    #[test]
+    fn a_concrete_listen_address_is_dialed_as_announced() {
+        let from: SocketAddr = "[fe80::1%3]:40000".parse().expect("address");
+        let a = Announcement::new("prod", NodeId(7), "[::]:7420".parse().expect("address"), NOW);
+        assert_eq!(a.dial_addr(from), "[fe80::1%3]:7420".parse().expect("address"), "scope kept");
+        let a = Announcement::new("prod", NodeId(7), "10.0.0.5:7420".parse().expect("address"), NOW);
+        assert_eq!(a.dial_addr(from), "10.0.0.5:7420".parse().expect("address"));
     }
 }

@@ -86,6 +86,21 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_list_decodes_up_to_the_limit_only() {
+        use crate::protocol::message::MAX_SHARED_PEERS;
+        let addrs = |n: usize| (0..n).map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p as u16 + 1))).collect();
+        for n in [0, 1, MAX_SHARED_PEERS] {
+            let msg = Message::Peers { listen: None, known: addrs(n) };
+            let mut buf = Vec::new();
+            encode(&msg, &mut buf);
+            assert_eq!(decode(&buf, DEFAULT_MAX_FRAME).expect("decodes").map(|(m, _)| m), Some(msg));
+        }
+        let mut buf = Vec::new();
+        encode(&Message::Peers { listen: None, known: addrs(MAX_SHARED_PEERS + 1) }, &mut buf);
+        assert!(decode(&buf, DEFAULT_MAX_FRAME).is_err(), "one address over the limit");
+    }
+
+    #[test]
     fn roundtrip_and_partial_frames() {
         let mut buf = Vec::new();
         let n = encode(&hello(), &mut buf);
