@@ -49,6 +49,12 @@ async fn a_chain_with_peer_exchange_becomes_a_mesh() {
         linked(&a) == BTreeSet::from([id(&b), id(&c)]) && linked(&c) == BTreeSet::from([id(&a), id(&b)])
     })
     .await;
+    // A and C dialed B: B shows where they listen, not their connections' ports.
+    let listeners = BTreeSet::from([a.local_addr().expect("bound"), c.local_addr().expect("bound")]);
+    eventually("B shows its peers' listen addresses", || {
+        b.peers().into_iter().map(|p| p.addr).collect::<BTreeSet<_>>() == listeners
+    })
+    .await;
 
     // Without B, writes still flow between A and C: over their own link.
     b.shutdown().await;

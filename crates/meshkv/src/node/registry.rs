@@ -23,7 +23,9 @@ pub enum PeerState {
 /// One peer as seen from this node.
 #[derive(Clone, Debug)]
 pub struct PeerStatus {
-    /// Address we dial or that dialed us.
+    /// The address we dial; for a peer that dialed us, where it accepts
+    /// connections if it said so (peer exchange), else the connection's
+    /// remote address.
     pub addr: SocketAddr,
     /// The peer's node id, once known.
     pub node_id: Option<NodeId>,
@@ -262,7 +264,14 @@ impl Registry {
     /// Live connections, plus configured peers that are not connected now.
     pub fn statuses(&self) -> Vec<PeerStatus> {
         let g = self.lock();
-        let mut v: Vec<_> = g.status.values().cloned().collect();
+        let mut v: Vec<_> = g
+            .status
+            .values()
+            .map(|s| {
+                let listen = s.node_id.and_then(|id| g.listen.get(&id));
+                PeerStatus { addr: listen.copied().unwrap_or(s.addr), ..s.clone() }
+            })
+            .collect();
         for addr in g.dial.keys() {
             let connected = g.addr_ids.get(addr).is_some_and(|id| g.links.contains_key(id));
             if !connected && !g.own_addrs.contains(addr) && !v.iter().any(|s| s.addr == *addr) {
