@@ -8,6 +8,7 @@ use meshkv::protocol::{
     codec, BatchOp, CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Request, Response, Role, MAGIC,
     PROTOCOL_VERSION,
 };
+use meshkv::protocol::announce::Announcement;
 use meshkv::secure::{Handshake, Secret, Security};
 use meshkv::storage::{KeySkip, Position, ResumePoint};
 use meshkv::{Db, KeyRange, NodeId, Options, ScanOptions, VersionVector};
@@ -43,7 +44,27 @@ fn main() {
     for (i, seed) in seeds.iter().enumerate() {
         write(&root.join("handshake"), i, seed);
     }
-    println!("wrote {} frame seeds and {} handshake seeds under {}", messages.len() + 1, seeds.len(), root.display());
+    // announce: mode 0 with datagrams sealed at the target's "now", mode 1 with field bytes.
+    let now = 1_790_000_000_000;
+    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], 7420));
+    let sealed = |cluster: &str, sent_ms: u64| {
+        Announcement::new(cluster, NodeId(42), listen, sent_ms).seal(&full).expect("fits")
+    };
+    let announces = [
+        [&[0u8][..], &sealed("meshkv", now)].concat(),
+        [&[0u8][..], &sealed("prod", now - 60_000)].concat(),
+        [&[1u8][..], &[42, 0, 0, 0, 0, 0, 0, 0, 0x1c, 0x1d, 128], b"meshkv"].concat(),
+    ];
+    for (i, seed) in announces.iter().enumerate() {
+        write(&root.join("announce"), i, seed);
+    }
+    println!(
+        "wrote {} frame seeds, {} handshake seeds and {} announcement seeds under {}",
+        messages.len() + 1,
+        seeds.len(),
+        announces.len(),
+        root.display()
+    );
 }
 
 fn write(dir: &Path, i: usize, bytes: &[u8]) {
