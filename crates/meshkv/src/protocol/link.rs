@@ -198,7 +198,7 @@ impl Link {
         self.last_heard_ms = now_ms;
         let mut result = self.dispatch(msg, more);
         if let (Ok(()), false, Some(recv)) = (&result, more, self.recv.as_mut()) {
-            result = recv.flush(&self.db).map_err(LinkError::Protocol);
+            result = recv.flush(&self.db);
         }
         if let Err(e) = &result {
             let reason = match e {
@@ -244,7 +244,7 @@ impl Link {
                     .recv
                     .as_mut()
                     .ok_or_else(|| LinkError::Protocol(format!("{} to a non-receiver", msg.kind())))?;
-                let reply = recv.on_message(&self.db, msg, more).map_err(LinkError::Protocol)?;
+                let reply = recv.on_message(&self.db, msg, more)?;
                 if let Some(id) = reply.ack {
                     self.outbox.push_back(Message::Ack { id });
                 }

@@ -1,8 +1,9 @@
 //! The receiving half of a link: applies catch-up and live batches and
 //! raises the version vector only where coverage allows (SPEC invariant 3).
 
+use super::link::LinkError;
 use super::message::{CatchUpOrder, Item, Message};
-use crate::storage::{ApplyContext, Db, Position, ResumePoint};
+use crate::storage::{ApplyContext, Db, Error as StorageError, Position, ResumePoint};
 use crate::version::{Dot, NodeId, VersionVector};
 
 enum Phase {
@@ -58,7 +59,7 @@ impl RecvHalf {
 
     /// Handles one message. `more`: another message follows right away, so
     /// batches of a key-order catch-up may be gathered instead of applied.
-    pub fn on_message(&mut self, db: &Db, msg: Message, more: bool) -> Result<Reply, String> {
+    pub fn on_message(&mut self, db: &Db, msg: Message, more: bool) -> Result<Reply, LinkError> {
         let none = Reply { ack: None, caught_up: false };
         match (msg, &self.phase) {
             (Message::CatchUpStart { since, snapshot, order }, _) => {
@@ -70,7 +71,7 @@ impl RecvHalf {
                 let position = match position {
                     None => None,
                     Some(Position::Key(key)) => Some(key),
-                    Some(_) => return Err("catch-up position does not match the stream's order".into()),
+                    Some(_) => return Err(protocol("catch-up position does not match the stream's order")),
                 };
                 // Gathered batches must stay ascending (they are, from a
                 // well-behaved sender); otherwise apply what came before.
@@ -89,7 +90,7 @@ impl RecvHalf {
                 let resume = match position {
                     None => None,
                     Some(Position::Log(p)) => Some(ResumePoint::Log(resume_point(since, snapshot, p))),
-                    Some(_) => return Err("catch-up position does not match the stream's order".into()),
+                    Some(_) => return Err(protocol("catch-up position does not match the stream's order")),
                 };
                 let ctx = ApplyContext {
                     from: Some(self.peer),
@@ -113,14 +114,14 @@ impl RecvHalf {
                 self.apply(db, items, ctx)?;
                 Ok(Reply { ack: Some(id), caught_up: false })
             }
-            (msg, _) => Err(format!("unexpected {} in this phase", msg.kind())),
+            (msg, _) => Err(protocol(format!("unexpected {} in this phase", msg.kind()))),
         }
     }
 
     /// Applies the gathered batches of a key-order catch-up, with the resume
     /// point of the last one. Until then they are neither visible nor in the
     /// resume point: a connection lost meanwhile only costs re-sending them.
-    pub fn flush(&mut self, db: &Db) -> Result<(), String> {
+    pub fn flush(&mut self, db: &Db) -> Result<(), LinkError> {
         let Phase::CatchingUp { since, snapshot, order: CatchUpOrder::Key { skip } } = &self.phase else {
             return Ok(());
         };
@@ -143,12 +144,19 @@ impl RecvHalf {
         self.apply(db, items, ctx)
     }
 
-    fn apply(&mut self, db: &Db, items: Vec<Item>, ctx: ApplyContext<'_>) -> Result<(), String> {
+    fn apply(&mut self, db: &Db, items: Vec<Item>, ctx: ApplyContext<'_>) -> Result<(), LinkError> {
         self.received_items += items.len() as u64;
-        db.apply_with(items.into_iter().map(|i| (i.key, i.record)), ctx)
-            .map(|_| ())
-            .map_err(|e| format!("storage: {e}"))
+        db.apply_with(items.into_iter().map(|i| (i.key, i.record)), ctx).map(|_| ()).map_err(|e| match e {
+            // Keys no store accepts: the peer's fault, not ours.
+            StorageError::KeyTooLarge { .. } | StorageError::ValueTooLarge { .. } => protocol(e.to_string()),
+            // Ours (a full disk, say): the peer did nothing wrong.
+            e => LinkError::Storage(e),
+        })
     }
+}
+
+fn protocol(why: impl Into<String>) -> LinkError {
+    LinkError::Protocol(why.into())
 }
 
 /// Bytes of key-order catch-up batches gathered before they are applied:
