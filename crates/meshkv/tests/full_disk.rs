@@ -15,18 +15,6 @@ use meshkv::{Db, Options};
 use rlimit::Resource;
 use std::time::{Duration, Instant};
 
-/// The most bytes written into one file under `dir` (blocks in use: the
-/// journal is preallocated, sparse, far beyond what it holds).
-fn largest_file(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut largest = 0;
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let meta = entry.metadata().expect("metadata");
-        largest = largest.max(if meta.is_dir() { largest_file(&entry.path()) } else { meta.blocks() * 512 });
-    }
-    largest
-}
-
 fn value(i: u32) -> Vec<u8> {
     format!("value-{i}-{}", "x".repeat(200)).into_bytes()
 }
@@ -47,7 +35,7 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged() {
     // "The disk is full" a little past what the largest file holds: a write
     // past that offset fails, so the journal fills up.
     let (_, hard) = rlimit::getrlimit(Resource::FSIZE).expect("getrlimit");
-    let limit = largest_file(dir.path()) + 64 * 1024;
+    let limit = common::largest_written_file(dir.path()) + 64 * 1024;
     rlimit::setrlimit(Resource::FSIZE, limit, hard).expect("setrlimit");
     let mut acked = 100;
     let refusal = loop {

@@ -16,17 +16,6 @@ use meshkv::{Batch, Db, Options};
 use rlimit::Resource;
 use std::time::Duration;
 
-/// The most bytes written into one file under `dir` (the journal is sparse).
-fn largest_file(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut largest = 0;
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let meta = entry.metadata().expect("metadata");
-        largest = largest.max(if meta.is_dir() { largest_file(&entry.path()) } else { meta.blocks() * 512 });
-    }
-    largest
-}
-
 fn load(db: &Db, prefix: &str, n: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let mut b = Batch::new();
@@ -48,12 +37,12 @@ async fn a_receiver_out_of_space_keeps_serving_and_catches_up_after_a_restart() 
     load(&a_db, "a", 3000);
     let b_db = Db::open(db_dir.path(), Options::default()).expect("open");
     load(&b_db, "b", 600);
-    assert!(largest_file(db_dir.path()) * 2 < largest_file(da.path()));
+    assert!(common::largest_written_file(db_dir.path()) * 2 < common::largest_written_file(da.path()));
     let b = Node::start(b_db.clone(), NodeConfig { listen: loopback(), ..NodeConfig::default() }).await.expect("b");
     let b_addr = b.local_addr().expect("bound");
 
     let (_, hard) = rlimit::getrlimit(Resource::FSIZE).expect("getrlimit");
-    rlimit::setrlimit(Resource::FSIZE, largest_file(da.path()) + 16 * 1024, hard).expect("setrlimit");
+    rlimit::setrlimit(Resource::FSIZE, common::largest_written_file(da.path()) + 16 * 1024, hard).expect("setrlimit");
     let a_cfg = NodeConfig { listen: loopback(), ..NodeConfig::default() };
     let mut a = Node::start(a_db.clone(), a_cfg.clone()).await.expect("a");
     let first_error = |node: &Node| {

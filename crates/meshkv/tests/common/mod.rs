@@ -351,3 +351,17 @@ impl RawPeer {
         None
     }
 }
+
+/// The most bytes written into one file under `dir`: blocks in use, as the
+/// engine's journal is preallocated, sparse, far beyond what it holds. The
+/// full-disk tests set `RLIMIT_FSIZE` just past it.
+pub fn largest_written_file(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut largest = 0;
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        let written = if meta.is_dir() { largest_written_file(&entry.path()) } else { meta.blocks() * 512 };
+        largest = largest.max(written);
+    }
+    largest
+}
