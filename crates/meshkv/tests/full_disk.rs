@@ -54,7 +54,8 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged() {
     for i in (0..acked).step_by(7) {
         assert_eq!(client.get(format!("k{i:05}")).await.expect("get while full"), Some(value(i)));
     }
-    assert!(client.put("another", "x").await.is_err(), "a write succeeded on a full disk");
+    let refused = client.put("another", "x").await.expect_err("a write succeeded on a full disk");
+    assert!(refused.message.contains("restart once the cause is fixed"), "{refused}");
     assert!(Instant::now() < deadline, "the node answered too slowly while full");
 
     // Space is back; after a restart everything acknowledged is there.

@@ -73,5 +73,23 @@ pub enum Error {
     /// commit (or at reopen). After a failed journal write the engine
     /// refuses further writes until the store is reopened.
     #[error("storage engine error (operation not applied): {0}")]
-    Engine(#[from] fjall::Error),
+    Engine(fjall::Error),
+    /// An earlier write failed inside the engine (a full disk, an I/O
+    /// error), so it refuses every write from then on; reads still work.
+    /// Nothing was written. Reopening the store (restarting the node) once
+    /// the cause is fixed recovers everything acknowledged.
+    #[error(
+        "the store refuses writes since an earlier write failed (full disk or I/O error; operation not \
+         applied): restart once the cause is fixed"
+    )]
+    RefusingWrites,
+}
+
+impl From<fjall::Error> for Error {
+    fn from(e: fjall::Error) -> Self {
+        match e {
+            fjall::Error::Poisoned => Error::RefusingWrites,
+            e => Error::Engine(e),
+        }
+    }
 }
