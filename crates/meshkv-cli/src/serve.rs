@@ -425,7 +425,7 @@ mod tests {
         std::fs::write(
             &path,
             "data = \"d\"\nlisten = \"127.0.0.1:1\"\npeers = [\"127.0.0.1:2\"]\ncluster = \"c\"\nread_only = true\n\
-             busy_poll_us = 40\npeer_exchange = true\n",
+             busy_poll_us = 40\npeer_exchange = true\ndiscovery = true\n",
         )
         .unwrap();
         let config = path.to_str().unwrap();
@@ -439,6 +439,13 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:7420".parse().unwrap();
         assert_eq!(node_config(&s, loopback, vec![], false).unwrap().server.busy_poll, Duration::from_micros(40));
         assert!(node_config(&s, loopback, vec![], false).unwrap().peer_exchange);
+        assert_eq!(s.discovery, Some(meshkv::node::DEFAULT_GROUP.to_string()));
+        let d = discovery(s.discovery.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (d.bind.port(), d.announce_to),
+            (meshkv::node::DEFAULT_GROUP.port(), vec![meshkv::node::DEFAULT_GROUP])
+        );
+        assert!(d.bind.ip().is_unspecified());
 
         let (args, target) = parse(&[
             "--config",
