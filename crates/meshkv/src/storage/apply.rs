@@ -279,15 +279,19 @@ impl Db {
                     log.add(d, &key);
                 }
             }
-            // One copy of each key and record into engine slices.
+            // Into engine slices: a record that came encoded is one already.
             if ingest && old.is_none() {
-                ingestion.push((keys::data_slice(&key), fjall::Slice::new(bytes)));
+                let value = match &new {
+                    New::Fresh(e) => e.slice().clone(),
+                    New::Merged(_) => fjall::Slice::new(bytes),
+                };
+                ingestion.push((keys::data_slice(&key), value));
             } else {
                 batch.insert(&inner.data, keys::data_slice(&key), bytes);
             }
             changes.push(match new {
                 New::Merged(r) => {
-                    let forwarded = subscribed.then(|| EncodedRecord::from_parts(encoded.clone(), &r));
+                    let forwarded = subscribed.then(|| EncodedRecord::from_parts(fjall::Slice::new(&encoded), &r));
                     Change::new(key, r, forwarded, conflict)
                 }
                 New::Fresh(e) => Change::encoded(key, e),

@@ -18,7 +18,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// the dots and highest timestamp of its versions.
 #[derive(Clone, Debug)]
 pub struct EncodedRecord {
-    bytes: Vec<u8>,
+    /// An engine slice: stored as it is (sharing its allocation) and read
+    /// from the engine without a copy.
+    bytes: fjall::Slice,
     /// The first version's dot; the others in `more`.
     first: Dot,
     more: Vec<Dot>,
@@ -28,6 +30,11 @@ pub struct EncodedRecord {
 impl EncodedRecord {
     /// Takes `bytes` if they are the canonical encoding of a record.
     pub fn parse(bytes: Vec<u8>) -> Option<Self> {
+        Self::parse_slice(bytes.into())
+    }
+
+    /// [`parse`](Self::parse) of an engine slice, kept without a copy.
+    pub(crate) fn parse_slice(bytes: fjall::Slice) -> Option<Self> {
         let (&format, body) = bytes.split_first()?;
         if format != RECORD_FORMAT {
             return None;
@@ -43,11 +50,11 @@ impl EncodedRecord {
 
     /// Encodes `record`.
     pub fn from_record(record: &Record) -> Self {
-        Self::from_parts(record.encode(), record)
+        Self::from_parts(record.encode().into(), record)
     }
 
     /// `bytes` as the encoding of `record` (which the caller guarantees).
-    pub(crate) fn from_parts(bytes: Vec<u8>, record: &Record) -> Self {
+    pub(crate) fn from_parts(bytes: fjall::Slice, record: &Record) -> Self {
         let mut dots = record.dots();
         let first = dots.next().unwrap_or_else(|| unreachable!("a record has a version"));
         EncodedRecord { bytes, first, more: dots.collect(), max_hlc: record.max_hlc() }
@@ -55,6 +62,11 @@ impl EncodedRecord {
 
     /// The encoding.
     pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The encoding as an engine slice (shared, not copied).
+    pub(crate) fn slice(&self) -> &fjall::Slice {
         &self.bytes
     }
 
@@ -120,8 +132,20 @@ impl Serialize for EncodedRecord {
 
 impl<'de> Deserialize<'de> for EncodedRecord {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec();
-        EncodedRecord::parse(bytes).ok_or_else(|| serde::de::Error::custom("malformed record"))
+        /// Copies the bytes straight into an engine slice: the one copy a
+        /// received record makes before it is stored.
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = fjall::Slice;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an encoded record")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(fjall::Slice::new(v))
+            }
+        }
+        let bytes = deserializer.deserialize_bytes(Bytes)?;
+        EncodedRecord::parse_slice(bytes).ok_or_else(|| serde::de::Error::custom("malformed record"))
     }
 }
 

@@ -295,8 +295,8 @@ impl ChangesSince {
 }
 
 /// The stored record of user key `key`, checked well formed.
-fn parse(key: &[u8], raw: &[u8]) -> Result<EncodedRecord> {
-    EncodedRecord::parse(raw.to_vec()).ok_or_else(|| Error::CorruptRecord { key: key.to_vec() })
+fn parse(key: &[u8], raw: &fjall::Slice) -> Result<EncodedRecord> {
+    EncodedRecord::parse_slice(raw.clone()).ok_or_else(|| Error::CorruptRecord { key: key.to_vec() })
 }
 
 /// Items with their records decoded.

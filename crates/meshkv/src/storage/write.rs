@@ -122,7 +122,7 @@ impl Db {
             record.encode_into(&mut encoded);
             batch.insert(&inner.data, data_key, &encoded[..]);
             if publish {
-                let encoded = EncodedRecord::from_parts(encoded.clone(), &record);
+                let encoded = EncodedRecord::from_parts(fjall::Slice::new(&encoded), &record);
                 changes.push(Change::new(key, record, Some(encoded), None));
             }
         }
