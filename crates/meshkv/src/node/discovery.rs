@@ -49,6 +49,26 @@ impl Default for Discovery {
     }
 }
 
+/// Why `cfg` cannot run with the node's settings `node`: no secret to seal
+/// announcements with, a cluster name too long to fit one, or a loopback
+/// listener announced beyond loopback.
+pub(crate) fn check(cfg: &Discovery, node: &super::NodeConfig) -> Result<(), String> {
+    let Some(secret) = &node.security.secret else {
+        return Err("discovery needs the cluster secret: it authenticates announcements".into());
+    };
+    let widest = SocketAddr::new(Ipv6Addr::from(u128::MAX).into(), u16::MAX);
+    if Announcement::new(&node.link.cluster, NodeId(u64::MAX), widest, u64::MAX).seal(secret).is_none() {
+        return Err("the cluster name is too long for discovery announcements".into());
+    }
+    let beyond = cfg.announce_to.iter().any(|t| !t.ip().is_loopback());
+    if beyond && node.listen.is_some_and(|l| l.ip().is_loopback()) {
+        return Err(
+            "discovery would announce a loopback listener to the network; listen on an address peers can reach".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Binds the discovery socket and joins the multicast groups among the
 /// targets. Errors are the operating system's (a port in use without
 /// address reuse, no multicast route).

@@ -206,25 +206,8 @@ impl Node {
                 "the read-only secret equals the cluster secret: it would grant writes".into(),
             ));
         }
-        if cfg.discovery.is_some() {
-            let Some(secret) = &cfg.security.secret else {
-                return Err(NodeError::Config(
-                    "discovery needs the cluster secret: it authenticates announcements".into(),
-                ));
-            };
-            let widest = SocketAddr::new(std::net::Ipv6Addr::from(u128::MAX).into(), u16::MAX);
-            let probe =
-                crate::protocol::announce::Announcement::new(&cfg.link.cluster, NodeId(u64::MAX), widest, u64::MAX);
-            if probe.seal(secret).is_none() {
-                return Err(NodeError::Config("the cluster name is too long for discovery announcements".into()));
-            }
-            let beyond = cfg.discovery.iter().flat_map(|d| &d.announce_to).any(|t| !t.ip().is_loopback());
-            if beyond && cfg.listen.is_some_and(|l| l.ip().is_loopback()) {
-                return Err(NodeError::Config(
-                    "discovery would announce a loopback listener to the network; listen on an address peers can reach"
-                        .into(),
-                ));
-            }
+        if let Some(d) = &cfg.discovery {
+            discovery::check(d, &cfg).map_err(NodeError::Config)?;
         }
         match cfg.listen {
             Some(addr) if !addr.ip().is_loopback() && !cfg.security.is_enabled() && !cfg.allow_insecure => {

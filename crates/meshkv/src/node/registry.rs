@@ -97,7 +97,8 @@ struct Inner {
     own_addrs: HashSet<SocketAddr>,
     /// Peer id learned for a dialed address.
     addr_ids: HashMap<SocketAddr, NodeId>,
-    /// Dial targets learned through peer exchange (a subset of `dial`).
+    /// Dial targets learned through peer exchange or discovery (a subset
+    /// of `dial`).
     learned: HashSet<SocketAddr>,
     /// Where each linked peer accepts connections: the address we dialed,
     /// or the one it advertised (peer exchange).
@@ -230,7 +231,7 @@ impl Registry {
         g.listen.iter().any(|(peer, a)| *a == addr && g.links.contains_key(peer))
     }
 
-    /// Adds `addr`, learned through peer exchange, as a dial target with
+    /// Adds `addr`, learned through peer exchange or discovery, as a dial target with
     /// `mode`, unless it is one already or `max` learned targets exist.
     /// Returns whether it was added (the caller then dials it).
     pub fn add_learned(&self, addr: SocketAddr, mode: Mode, max: usize) -> bool {
@@ -243,7 +244,7 @@ impl Registry {
         true
     }
 
-    /// Whether `addr` is a dial target learned through peer exchange.
+    /// Whether `addr` is a learned dial target (not a static peer).
     pub fn is_learned(&self, addr: SocketAddr) -> bool {
         self.lock().learned.contains(&addr)
     }
