@@ -233,8 +233,10 @@ impl Db {
         ingest: bool,
     ) -> Result<Vec<Change>> {
         let inner: &Inner = &self.inner;
-        let mut batch = inner.batch(touched.len() * 3 + raise.len());
-        let mut ingestion: Vec<(fjall::Slice, fjall::Slice)> = Vec::new();
+        // An ingestion's records go into `ingestion`, not the batch.
+        let (batched, ingested) = if ingest { (0, touched.len()) } else { (touched.len(), 0) };
+        let mut batch = inner.batch(batched * 3 + raise.len() + 4);
+        let mut ingestion: Vec<(fjall::Slice, fjall::Slice)> = Vec::with_capacity(ingested);
         let mut changes = Vec::with_capacity(touched.len());
         let mut log = LogEdits::new(inner.node_id);
         let mut encoded = Vec::new();
@@ -244,7 +246,7 @@ impl Db {
         let mut superseded = Vec::new();
         // Log entries of the remote versions of ingested keys: held back,
         // then ingested as tables (docs/ALGORITHM.md §5).
-        let mut log_tables: Vec<LogEntry> = Vec::new();
+        let mut log_tables: Vec<LogEntry> = Vec::with_capacity(ingested);
         // Before the batch commits, so the filter never misses a stored key.
         inner.filter.add_all(touched.iter().filter(|t| t.old.is_none()).map(|t| t.key.as_slice()));
         // Subscribers get the encoding too, which replication forwards.

@@ -163,7 +163,9 @@ fn ingest_log_entries(log: &fjall::Keyspace, mut entries: Vec<LogEntry>) -> Resu
     if entries.is_empty() {
         return Ok(());
     }
-    entries.sort_unstable_by_key(|e| e.0);
+    // Log keys are big-endian (origin, seq): as one integer they compare
+    // without a `memcmp` call.
+    entries.sort_unstable_by_key(|e| u128::from_be_bytes(e.0));
     entries.dedup_by(|a, b| a.0 == b.0);
     let mut tables = log.start_ingestion()?;
     for (k, v) in entries {
