@@ -263,14 +263,17 @@ impl Registry {
     }
 
     /// Live connections, plus configured peers that are not connected now.
+    /// A peer is shown where it accepts connections when that is known (it
+    /// said so, or we dial it there), not at an inbound connection's port.
     pub fn statuses(&self) -> Vec<PeerStatus> {
         let g = self.lock();
+        let dialed_at = |id: NodeId| g.dial.keys().filter(|a| g.addr_ids.get(*a) == Some(&id)).min().copied();
         let mut v: Vec<_> = g
             .status
             .values()
             .map(|s| {
-                let listen = s.node_id.and_then(|id| g.listen.get(&id));
-                PeerStatus { addr: listen.copied().unwrap_or(s.addr), ..s.clone() }
+                let listen = s.node_id.and_then(|id| g.listen.get(&id).copied().or_else(|| dialed_at(id)));
+                PeerStatus { addr: listen.unwrap_or(s.addr), ..s.clone() }
             })
             .collect();
         for addr in g.dial.keys() {
