@@ -1,0 +1,414 @@
+//! The simulation: a cluster driven step by step through faults and writes,
+//! then healed.
+
+mod network;
+mod oracle;
+
+use crate::params::{Params, SimClock, Topology};
+use crate::stats::Stats;
+use crate::HEAL_BUDGET_MS;
+use meshkv::protocol::CloseReason;
+use meshkv::storage::Version;
+use meshkv::{Batch, Db, Dot, Options};
+use network::{store_dir, Conn, End, Node};
+use oracle::{show, show_value};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+// ---------------------------------------------------------------------------
+// The simulation
+
+pub(crate) struct Sim {
+    seed: u64,
+    rng: StdRng,
+    now: u64,
+    time: Arc<AtomicU64>,
+    p: Params,
+    nodes: Vec<Node>,
+    topology: BTreeSet<(usize, usize)>,
+    cut: BTreeSet<(usize, usize)>,
+    conns: Vec<Conn>,
+    next_conn: u64,
+    reconnect_at: BTreeMap<(usize, usize), u64>,
+    /// Every write ever made, by key: the version as stored on its origin.
+    writes: BTreeMap<String, Vec<Version>>,
+    write_count: u64,
+    next_check: u64,
+    stats: Stats,
+    trace: bool,
+}
+
+struct Activity {
+    delivered: usize,
+    sent: usize,
+}
+
+impl Sim {
+    pub(crate) fn new(seed: u64) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut ids = Vec::new();
+        let p = Params::draw(seed, &mut rng, &mut ids);
+        let time = Arc::new(AtomicU64::new(0));
+        let trace = std::env::var_os("MESHKV_SIM_TRACE").is_some();
+        let mut nodes = Vec::new();
+        for &id in &ids {
+            let dir = store_dir();
+            let clock = Arc::new(SimClock { time: time.clone(), skew: AtomicU64::new(rng.random_range(0..=2_000)) });
+            nodes.push(Node { id, dir, clock, db: None, restart_at: 0 });
+        }
+        let n = p.nodes;
+        let topology: BTreeSet<(usize, usize)> = match p.topology {
+            Topology::Mesh => (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).collect(),
+            Topology::Chain => {
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.random_range(0..=i));
+                }
+                order.windows(2).map(|w| (w[0].min(w[1]), w[0].max(w[1]))).collect()
+            }
+            Topology::Star => {
+                let hub = rng.random_range(0..n);
+                (0..n).filter(|&o| o != hub).map(|o| (hub.min(o), hub.max(o))).collect()
+            }
+        };
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            time,
+            p,
+            nodes,
+            topology,
+            cut: BTreeSet::new(),
+            conns: Vec::new(),
+            next_conn: 0,
+            reconnect_at: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            write_count: 0,
+            next_check: 250,
+            stats: Stats { seeds: 1, ..Stats::default() },
+            trace,
+        };
+        sim.log(|| format!("params {:?}\nnode ids {ids:?}\ntopology {:?}", sim.p, sim.topology));
+        for i in 0..n {
+            sim.open(i);
+        }
+        sim
+    }
+
+    fn log(&self, f: impl FnOnce() -> String) {
+        if self.trace {
+            eprintln!("[seed {} t={}] {}", self.seed, self.now, f());
+        }
+    }
+
+    fn options(&self, i: usize) -> Options {
+        Options {
+            policy: self.p.policy.conflict_policy(),
+            feed_capacity: self.p.feed_capacity,
+            clock: self.nodes[i].clock.clone(),
+            new_node_id: Some(self.nodes[i].id),
+            ..Options::default()
+        }
+    }
+
+    fn open(&mut self, i: usize) {
+        let opts = self.options(i);
+        let node = &self.nodes[i];
+        let db = Db::open(node.dir.path(), opts)
+            .unwrap_or_else(|e| panic!("node {i}: (re)open failed (a Db clone leaked past the crash?): {e}"));
+        assert_eq!(db.node_id(), node.id, "node {i}: the requested node id was not adopted");
+        let vv = db.version_vector();
+        for (key, w) in self.writes.iter().flat_map(|(k, ws)| ws.iter().map(move |w| (k, w))) {
+            if w.dot.origin != node.id {
+                continue;
+            }
+            assert!(
+                vv.contains(w.dot),
+                "node {i}: acknowledged write {} of {key:?} lost across restart (vv {vv})",
+                w.dot
+            );
+        }
+        self.nodes[i].db = Some(db);
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].db.is_some()
+    }
+
+    pub(crate) fn run(mut self) -> Stats {
+        while self.now < self.p.chaos_ms {
+            self.step(true);
+        }
+        self.log(|| "---- heal ----".into());
+        self.heal();
+        self.check_converged();
+        for node in &self.nodes {
+            if let Some(db) = &node.db {
+                self.stats.conflicts += db.conflict_count();
+            }
+        }
+        self.stats.sim_ms = self.now;
+        self.stats.writes = self.write_count;
+        self.stats.fingerprint = self.fingerprint();
+        self.stats
+    }
+
+    fn step(&mut self, chaos: bool) -> Activity {
+        let dt = self.rng.random_range(1..=self.p.step_max);
+        self.now += dt;
+        self.time.store(self.now, Ordering::Relaxed);
+        self.stats.steps += 1;
+        if chaos {
+            self.chaos(dt);
+        }
+        for i in 0..self.nodes.len() {
+            if !self.up(i) && self.nodes[i].restart_at <= self.now {
+                self.restart(i);
+            }
+        }
+        self.reconnect();
+        let delivered = self.deliver();
+        self.tick();
+        self.pump(chaos);
+        let sent = self.transmit(chaos);
+        self.events();
+        self.conns.retain(|c| !c.dead && c.ends.iter().any(|e| e.as_ref().is_some_and(|e| !e.link.is_closed())));
+        Activity { delivered, sent }
+    }
+
+    // -- faults and workload ------------------------------------------------
+
+    /// Whether an event of `rate` per ms happens within `dt` ms.
+    fn happens(&mut self, rate: f64, dt: u64) -> bool {
+        rate > 0.0 && self.rng.random_bool((rate * dt as f64).min(1.0))
+    }
+
+    fn chaos(&mut self, dt: u64) {
+        if self.happens(self.p.write_rate, dt) {
+            self.write();
+        }
+        if self.happens(self.p.crash_rate, dt) {
+            let up: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).collect();
+            if !up.is_empty() {
+                let i = up[self.rng.random_range(0..up.len())];
+                self.crash(i);
+            }
+        }
+        if self.happens(self.p.partition_rate, dt) {
+            self.repartition();
+        }
+        if !self.conns.is_empty() && self.happens(self.p.shutdown_rate, dt) {
+            let c = self.rng.random_range(0..self.conns.len());
+            let side = self.rng.random_range(0..2);
+            if let Some(end) = self.conns[c].ends[side].as_mut() {
+                if !end.link.is_closed() {
+                    end.link.close(CloseReason::Shutdown);
+                    self.stats.shutdowns += 1;
+                    let nodes = self.conns[c].nodes;
+                    self.log(|| format!("node {} shuts down its link to {}", nodes[side], nodes[1 - side]));
+                }
+            }
+        }
+        if self.now >= self.next_check {
+            self.next_check = self.now + 250;
+            self.check_coverage();
+        }
+    }
+
+    fn write(&mut self) {
+        let up: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).collect();
+        if up.is_empty() {
+            return;
+        }
+        let i = up[self.rng.random_range(0..up.len())];
+        let nops = if self.rng.random_bool(0.2) { self.rng.random_range(2..=3).min(self.p.keys.len()) } else { 1 };
+        let mut key_idx: Vec<usize> = (0..self.p.keys.len()).collect();
+        for j in (1..key_idx.len()).rev() {
+            key_idx.swap(j, self.rng.random_range(0..=j));
+        }
+        let mut ops = Vec::new();
+        for &k in &key_idx[..nops] {
+            let key = self.p.keys[k].clone();
+            let value = if self.rng.random_bool(0.25) {
+                None
+            } else {
+                let mut v = format!("n{i}-w{}", self.write_count + ops.len() as u64).into_bytes();
+                if self.rng.random_bool(0.1) {
+                    v.resize(300, b'.');
+                }
+                Some(v)
+            };
+            ops.push((key, value));
+        }
+        let db = self.nodes[i].db.clone().expect("up");
+        let last = if nops == 1 {
+            let (key, value) = ops[0].clone();
+            match value {
+                Some(v) => db.put(key, v),
+                None => db.delete(key),
+            }
+            .expect("write")
+        } else {
+            let mut batch = Batch::new();
+            for (key, value) in &ops {
+                match value {
+                    Some(v) => batch.put(key.clone(), v.clone()),
+                    None => batch.delete(key.clone()),
+                };
+            }
+            db.write(batch).expect("write").expect("non-empty batch")
+        };
+        for (j, (key, value)) in ops.into_iter().enumerate() {
+            let dot = Dot::new(self.nodes[i].id, last.seq - (nops - 1 - j) as u64);
+            let rec = db.get_record(&key).expect("get_record").expect("just written");
+            assert!(
+                rec.versions().len() == 1 && rec.winner().dot == dot && rec.winner().value == value,
+                "node {i}: a local write of {key:?} did not produce a single version {dot}: {}",
+                show(&Some(rec.clone()))
+            );
+            self.log(|| format!("node {i} writes {key:?} = {} as {dot}", show_value(&value)));
+            self.writes.entry(key).or_default().push(rec.winner().clone());
+            self.write_count += 1;
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let mut silent = 0;
+        for conn in &mut self.conns {
+            let Some(side) = conn.side_of(i) else { continue };
+            if self.rng.random_bool(0.5) {
+                conn.dead = true; // the peer sees a reset
+            } else {
+                // The peer hears nothing more and times out; bytes already
+                // on the wire from the dead process still arrive.
+                conn.ends[side] = None;
+                conn.queues[1 - side].clear();
+                silent += 1;
+            }
+        }
+        self.conns.retain(|c| !c.dead);
+        if let Some(db) = self.nodes[i].db.take() {
+            self.stats.conflicts += db.conflict_count();
+        }
+        self.nodes[i].restart_at = self.now + self.rng.random_range(50..=800);
+        self.stats.crashes += 1;
+        self.log(|| format!("node {i} crashes ({silent} peers left to time out)"));
+    }
+
+    fn restart(&mut self, i: usize) {
+        // Lingering connections of the old process are reset by the new one.
+        self.conns.retain(|c| c.side_of(i).is_none());
+        if self.rng.random_bool(0.3) {
+            // The wall clock may have been stepped, even backwards.
+            self.nodes[i].clock.skew.store(self.rng.random_range(0..=3_000), Ordering::Relaxed);
+        }
+        self.open(i);
+        self.log(|| format!("node {i} restarts"));
+    }
+
+    fn repartition(&mut self) {
+        let n = self.nodes.len();
+        let pairs = (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b)));
+        let cut: BTreeSet<(usize, usize)> = match self.rng.random_range(0..3) {
+            0 => BTreeSet::new(),
+            1 => {
+                let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
+                pairs.filter(|&(a, b)| side[a] != side[b]).collect()
+            }
+            _ => pairs.filter(|_| self.rng.random_bool(0.4)).collect(),
+        };
+        for conn in &mut self.conns {
+            let cut_now = cut.contains(&conn.pair());
+            if cut_now && !conn.frozen {
+                if self.rng.random_bool(0.5) {
+                    conn.dead = true;
+                    self.stats.resets += 1;
+                } else {
+                    conn.frozen = true;
+                    self.stats.silent_cuts += 1;
+                }
+            } else if !cut_now {
+                conn.frozen = false;
+            }
+        }
+        self.stats.partitions += 1;
+        self.log(|| format!("partition: cut {cut:?}"));
+        self.cut = cut;
+    }
+
+    // -- healing and checks -------------------------------------------------------
+
+    fn heal(&mut self) {
+        self.cut.clear();
+        for conn in &mut self.conns {
+            conn.frozen = false;
+        }
+        for i in 0..self.nodes.len() {
+            if !self.up(i) {
+                self.restart(i);
+            }
+        }
+        let deadline = self.now + HEAL_BUDGET_MS;
+        let mut quiet = 0;
+        while quiet < 2 {
+            let act = self.step(false);
+            quiet = if act.delivered == 0 && act.sent == 0 && self.settled() { quiet + 1 } else { 0 };
+            if self.now > deadline {
+                panic!("no quiescence {HEAL_BUDGET_MS} ms after healing:\n{}", self.dump());
+            }
+        }
+    }
+
+    /// Every neighbour pair connected, handshakes done, senders live and
+    /// nothing but pings in flight.
+    fn settled(&self) -> bool {
+        (0..self.nodes.len()).all(|i| self.up(i))
+            && self.topology.iter().all(|&pair| {
+                self.conns.iter().any(|c| {
+                    c.pair() == pair
+                        && !c.frozen
+                        && c.ends.iter().all(|e| {
+                            e.as_ref().is_some_and(|e| {
+                                !e.link.is_closed() && e.link.peer().is_some() && e.link.is_sender_live()
+                            })
+                        })
+                        && c.queues.iter().all(|q| q.iter().all(|m| m.ping))
+                })
+            })
+    }
+
+    fn dump(&self) -> String {
+        let mut s = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let vv = node.db.as_ref().map(|d| d.version_vector().to_string());
+            s += &format!("  node {i} {}: vv {vv:?}\n", node.id);
+        }
+        for c in &self.conns {
+            let end = |e: &Option<End>| match e {
+                None => "dead".to_string(),
+                Some(e) => format!(
+                    "closed={} peer={} live={} items={:?}",
+                    e.link.is_closed(),
+                    e.link.peer().is_some(),
+                    e.link.is_sender_live(),
+                    e.link.item_counts()
+                ),
+            };
+            s += &format!(
+                "  conn {} {:?}: [{}] [{}] in flight {}/{} frozen={}\n",
+                c.id,
+                c.nodes,
+                end(&c.ends[0]),
+                end(&c.ends[1]),
+                c.queues[0].len(),
+                c.queues[1].len(),
+                c.frozen
+            );
+        }
+        s
+    }
+}
