@@ -5,7 +5,13 @@
 //! - [`version`]: node ids, dots and version vectors;
 //! - [`clock`]: the hybrid logical clock;
 //! - [`storage`]: the local store — records, the compacted change log,
-//!   the convergent merge and the change feed.
+//!   the convergent merge and the change feed;
+//! - [`protocol`]: the replication protocol as a state machine without IO —
+//!   messages, framing, the sending and receiving halves of a link;
+//! - [`secure`]: the cluster secret and the Noise handshake and transport;
+//! - [`node`]: the runtime that drives links over TCP — listener, dialer,
+//!   peer registry, discovery, client sessions, metrics;
+//! - [`client`]: the remote client of a running node.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();

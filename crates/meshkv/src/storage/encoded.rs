@@ -1,6 +1,6 @@
 //! Records in their storage encoding, as replication moves them: read from
 //! the data keyspace, sent, received and stored again without being decoded
-//! on the way (docs/ALGORITHM.md §6, "Framing").
+//! on the way (docs/ALGORITHM.md §5, "Framing").
 //!
 //! An [`EncodedRecord`] is checked well-formed when it is made, by a parse
 //! that reads each version's dot and timestamp and borrows its value instead
