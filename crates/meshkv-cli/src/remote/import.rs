@@ -1,0 +1,144 @@
+//! `import`: JSON lines applied to a node in atomic batches, with a progress bar.
+
+use super::{client_command, fail, remote, Target};
+use crate::encoding::parse_line;
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use meshkv::client::Client;
+use meshkv::protocol::BatchOp;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Operations per `import` batch (fewer if they would exceed [`IMPORT_BATCH_BYTES`]).
+const IMPORT_BATCH_OPS: usize = 1000;
+/// Bytes of keys and values per `import` batch, well under the 17 MiB frame
+/// limit (a single larger operation goes alone).
+const IMPORT_BATCH_BYTES: usize = 8 << 20;
+
+/// `meshkv import FILE|-`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// JSON lines {"key":…,"value":…} (value null: delete); `-` reads stdin.
+    #[arg(value_name = "FILE|-")]
+    file: PathBuf,
+}
+
+/// `meshkv import`: loads JSON lines in batches of up to 1000 operations,
+/// each applied atomically; stops at the first bad line (earlier batches
+/// stay applied).
+pub fn import(args: ImportArgs, target: Target) -> ExitCode {
+    // Open the input first: a missing file is reported without contacting the node.
+    let (input, total): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        match std::fs::File::open(&args.file) {
+            Ok(f) => {
+                let len = f.metadata().map(|m| m.len()).ok();
+                (Box::new(f), len)
+            }
+            Err(e) => return fail(anyhow!(e).context(format!("cannot open {}", args.file.display()))),
+        }
+    };
+    client_command(target, |client| async move { load(client, input, total).await })
+}
+
+async fn load(client: Client, input: Box<dyn Read>, total: Option<u64>) -> Result<ExitCode> {
+    let started = Instant::now();
+    let bar = progress_bar(total);
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let (mut line, mut line_no, mut bytes_read) = (String::new(), 0u64, 0u64);
+    let (mut puts, mut deletes) = (0u64, 0u64);
+    let mut batch = Pending::default();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).with_context(|| format!("cannot read line {}", line_no + 1))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        bytes_read += n as u64;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let (key, value) = parse_line(text).with_context(|| format!("line {line_no}"))?;
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if !batch.ops.is_empty() && batch.bytes + size > IMPORT_BATCH_BYTES {
+            batch.send(&client).await?;
+        }
+        if batch.ops.is_empty() {
+            batch.first_line = line_no;
+        }
+        batch.last_line = line_no;
+        batch.bytes += size;
+        match value {
+            Some(value) => {
+                puts += 1;
+                batch.ops.push(BatchOp::Put { key, value });
+            }
+            None => {
+                deletes += 1;
+                batch.ops.push(BatchOp::Delete { key });
+            }
+        }
+        if batch.ops.len() >= IMPORT_BATCH_OPS {
+            batch.send(&client).await?;
+            bar.set_position(if total.is_some() { bytes_read } else { puts + deletes });
+        }
+    }
+    batch.send(&client).await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "meshkv: imported {} records ({puts} puts, {deletes} deletes) in {:.1} s",
+        puts + deletes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The operations of the next import batch and the lines they came from.
+#[derive(Default)]
+struct Pending {
+    ops: Vec<BatchOp>,
+    bytes: usize,
+    first_line: u64,
+    last_line: u64,
+}
+
+impl Pending {
+    async fn send(&mut self, client: &Client) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.ops);
+        self.bytes = 0;
+        client.batch(ops).await.map_err(remote).with_context(|| {
+            format!("batch of lines {}-{} not applied (earlier lines were)", self.first_line, self.last_line)
+        })?;
+        Ok(())
+    }
+}
+
+/// A progress bar on stderr: by bytes for a file, a record counter for
+/// stdin; hidden when stderr is not a terminal.
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(len) => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} records ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
