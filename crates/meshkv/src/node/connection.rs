@@ -5,7 +5,8 @@
 
 use super::admission::Ticket;
 use super::registry::{Claim, LinkCounts, Registry};
-use super::session::{self, RetryCache, ServerOptions};
+use super::retry::RetryCache;
+use super::session::{self, ServerOptions};
 use super::NodeEvent;
 use crate::net::{self, EstablishError, FrameReader, FrameWriter};
 use crate::protocol::Role;

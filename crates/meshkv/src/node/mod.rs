@@ -11,6 +11,7 @@ mod exchange;
 mod group;
 mod metrics;
 mod registry;
+mod retry;
 mod session;
 
 pub use discovery::{Discovery, DEFAULT_GROUP};
@@ -253,7 +254,7 @@ impl Node {
             local_addr,
             server: Arc::new(connection::ServerState {
                 options: cfg.server.clone(),
-                retries: session::RetryCache::new(retry_memory),
+                retries: retry::RetryCache::new(retry_memory),
                 idle_timeout: Duration::from_millis(cfg.link.idle_timeout_ms),
                 refusal_log: connection::RateLimit::new(Duration::from_secs(5)),
                 next_cursor: std::sync::atomic::AtomicU64::new(1),

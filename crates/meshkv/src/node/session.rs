@@ -5,15 +5,16 @@
 use super::connection::ConnCtx;
 use super::group::{self, Queued, WriteGroup};
 use super::registry::PeerState;
+use super::retry::{Outcome, RequestKey};
 use crate::net::{BusyPoll, FrameReader, FrameWriter};
 use crate::protocol::request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
 use crate::protocol::{codec, CloseReason, Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
 use crate::secure::Access;
 use crate::storage::{Batch, Db, Error as StorageError, FeedError, KeyRange, Scan, ScanOptions};
 use crate::version::NodeId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A scan chunk stops growing past this many bytes of keys and values.
@@ -54,56 +55,6 @@ pub struct ServerOptions {
 impl std::fmt::Debug for ServerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerOptions").field("read_only", &self.read_only).field("hook", &self.hook.is_some()).finish()
-    }
-}
-
-/// Replies to writes by `(client, request id)`, so a request re-sent after a
-/// reconnect is answered from here instead of being applied twice.
-pub(crate) struct RetryCache {
-    inner: Mutex<Remembered>,
-    capacity: usize,
-}
-
-type RequestKey = (NodeId, u64);
-type Outcome = Result<Response, RemoteError>;
-
-/// Replies by request, and the order they arrived in (for eviction).
-#[derive(Default)]
-struct Remembered {
-    replies: HashMap<RequestKey, Outcome>,
-    order: VecDeque<RequestKey>,
-}
-
-impl RetryCache {
-    pub fn new(capacity: usize) -> Self {
-        RetryCache { inner: Mutex::new(Remembered::default()), capacity: capacity.max(1) }
-    }
-
-    /// The remembered reply to each of `keys` (distinct), the others
-    /// answered by running `apply` once on their positions in `keys`, which
-    /// returns their replies in that order; those are remembered. The lock
-    /// is held while `apply` runs, so a request retried on a new connection
-    /// while the original is still being applied waits for it instead of
-    /// applying again. (Writes are serialized by the store anyway.)
-    fn once_each(&self, keys: &[RequestKey], apply: impl FnOnce(&[usize]) -> Vec<Outcome>) -> Vec<Outcome> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut replies: Vec<Option<Outcome>> = keys.iter().map(|k| g.replies.get(k).cloned()).collect();
-        let fresh: Vec<usize> = (0..keys.len()).filter(|&i| replies[i].is_none()).collect();
-        if !fresh.is_empty() {
-            let applied = apply(&fresh);
-            debug_assert_eq!(applied.len(), fresh.len());
-            for (i, reply) in fresh.into_iter().zip(applied) {
-                g.replies.insert(keys[i], reply.clone());
-                g.order.push_back(keys[i]);
-                replies[i] = Some(reply);
-            }
-            while g.order.len() > self.capacity {
-                if let Some(old) = g.order.pop_front() {
-                    g.replies.remove(&old);
-                }
-            }
-        }
-        replies.into_iter().map(|r| r.unwrap_or_else(|| unreachable!("every request answered"))).collect()
     }
 }
 
