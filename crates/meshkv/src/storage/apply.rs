@@ -6,7 +6,6 @@ use super::db::{Db, Inner, WriterState};
 use super::encoded::EncodedRecord;
 use super::error::{Error, Result};
 use super::feed::{Change, Conflict, Source};
-use super::ingest::INGEST_MIN_RECORDS;
 use super::keys;
 use super::log::ResumePoint;
 use super::merge::merge;
@@ -172,7 +171,7 @@ impl Db {
         // Keys that hold no record (all of them, in a bootstrap) of a large
         // ascending batch go straight into tables (docs/ALGORITHM.md §5).
         let fresh = if ascending { touched.iter().filter(|t| t.old.is_none()).count() } else { 0 };
-        let ingest = fresh >= INGEST_MIN_RECORDS;
+        let ingest = fresh >= inner.opts.ingest_min_records.max(1);
         if ingest {
             report.ingested = fresh;
         }

@@ -148,10 +148,6 @@ impl Inner {
     }
 }
 
-/// Records a batch must bring to keys that hold none before they are
-/// ingested as tables: an ingestion costs several `fsync`s.
-pub(super) const INGEST_MIN_RECORDS: usize = 16 * 1024;
-
 /// Meta key of the ingestions whose change-log entries may not be in the
 /// log (interrupted, or held back): the first and last data keys they cover.
 const META_INGEST: &[u8] = b"ingest";
@@ -224,12 +220,12 @@ mod tests {
     }
 
     /// `target` after applying, in one ascending batch, the bootstrap of a
-    /// store holding `INGEST_MIN_RECORDS + 100` keys: ingested, with the
+    /// store holding `ingest_min_records + 100` keys: ingested, with the
     /// change-log entries of its records held back.
     fn held_back_bootstrap() -> (tempfile::TempDir, tempfile::TempDir, Db, Db) {
         let (ds, dt) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
         let source = Db::open(ds.path(), Options::default()).expect("open");
-        let n = INGEST_MIN_RECORDS + 100;
+        let n = Options::default().ingest_min_records + 100;
         for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
             let mut b = crate::storage::Batch::new();
             for i in chunk {

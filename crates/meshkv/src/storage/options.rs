@@ -55,6 +55,13 @@ pub struct Options {
     /// bits per key: some 60 million keys). Once it is spent, every write
     /// reads its key first, as with no filter.
     pub key_filter_bytes: usize,
+    /// Records an ascending batch of remote records (a gathered key-order
+    /// catch-up) must bring to keys holding none before they are written
+    /// straight into new engine tables instead of through the memtable
+    /// (default 16 384; docs/ALGORITHM.md §5). An ingestion costs several
+    /// `fsync`s, so small batches are cheaper through the memtable;
+    /// `usize::MAX` never ingests. Stores hold the same records either way.
+    pub ingest_min_records: usize,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
     /// Node id for a store created by this open (ignored for an existing
@@ -75,6 +82,7 @@ impl Default for Options {
             cache_bytes: 64 * 1024 * 1024,
             memtable_bytes: 32 * 1024 * 1024,
             key_filter_bytes: 64 * 1024 * 1024,
+            ingest_min_records: 16 * 1024,
             clock: Arc::new(SystemClock),
             new_node_id: None,
         }
