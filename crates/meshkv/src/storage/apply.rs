@@ -171,7 +171,7 @@ impl Db {
         // Keys that hold no record (all of them, in a bootstrap) of a large
         // ascending batch go straight into tables (docs/ALGORITHM.md §5).
         let fresh = if ascending { touched.iter().filter(|t| t.old.is_none()).count() } else { 0 };
-        let ingest = fresh >= inner.opts.ingest_min_records.max(1);
+        let ingest = fresh >= inner.opts.ingest_min_records;
         if ingest {
             report.ingested = fresh;
         }

@@ -60,7 +60,8 @@ pub struct Options {
     /// straight into new engine tables instead of through the memtable
     /// (default 16 384; docs/ALGORITHM.md §5). An ingestion costs several
     /// `fsync`s, so small batches are cheaper through the memtable;
-    /// `usize::MAX` never ingests. Stores hold the same records either way.
+    /// `usize::MAX` never ingests, 0 counts as 1. Stores hold the same
+    /// records either way.
     pub ingest_min_records: usize,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
@@ -108,12 +109,14 @@ impl Options {
         self
     }
 
-    /// Clamps the size limits to their ceilings.
+    /// Clamps the size limits to their ceilings and the thresholds to their
+    /// least meaningful values.
     pub(crate) fn normalized(mut self) -> Self {
         self.max_key_len = self.max_key_len.clamp(1, KEY_LEN_CEILING);
         self.max_value_len = self.max_value_len.min(VALUE_LEN_CEILING);
         self.feed_capacity = self.feed_capacity.max(1);
         self.memtable_bytes = self.memtable_bytes.max(1024 * 1024);
+        self.ingest_min_records = self.ingest_min_records.max(1);
         self
     }
 }
