@@ -36,6 +36,10 @@
 //!   catch-ups, the queue-overflow re-catch-up and resumable catch-ups run),
 //!   and sometimes a tiny change-feed ring with a slow consumer (the feed's
 //!   own `Lagged` path).
+//! - **ingestion**: in every other block of eight seeds a key-order batch
+//!   bringing two fresh keys is written straight into engine tables (the
+//!   bootstrap path, with its held-back change-log entries), so crashes,
+//!   local writes and re-sent batches meet it.
 //!
 //! Throughout the run the coverage invariant (ALGORITHM.md I3) is checked on
 //! the receiving node after every delivered message, and on every live node

@@ -4,7 +4,7 @@ use crate::BASE_WALL_MS;
 use meshkv::clock::PhysicalClock;
 use meshkv::protocol::LinkConfig;
 use meshkv::storage::{Choice, Version};
-use meshkv::{ConflictPolicy, NodeId};
+use meshkv::{ConflictPolicy, NodeId, Options};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +82,10 @@ pub(crate) struct Params {
     pub(crate) split_p: f64,
     pub(crate) pump_p: f64,
     pub(crate) feed_capacity: usize,
+    /// `Options::ingest_min_records`: every other block of eight seeds
+    /// ingests key-order batches bringing two fresh keys into tables (the
+    /// bootstrap path, which the default never reaches with so few keys).
+    pub(crate) ingest_min_records: usize,
     pub(crate) link: LinkConfig,
 }
 
@@ -152,6 +156,7 @@ impl Params {
                 1.0
             },
             feed_capacity: if small_feed { rng.random_range(1..=4) } else { 4096 },
+            ingest_min_records: if (seed / 8) % 2 == 1 { 2 } else { Options::default().ingest_min_records },
             link,
         }
     }

@@ -109,6 +109,7 @@ impl Sim {
         Options {
             policy: self.p.policy.conflict_policy(),
             feed_capacity: self.p.feed_capacity,
+            ingest_min_records: self.p.ingest_min_records,
             clock: self.nodes[i].clock.clone(),
             new_node_id: Some(self.nodes[i].id),
             ..Options::default()
