@@ -256,7 +256,8 @@ async fn drive(
     let mut bytes_sent = 0u64;
     let tick_ms = cfg.ping_ms.clamp(10, 1_000);
     // Subscribe before the link exists so no commit after its snapshot is missed.
-    let mut feed = ctx.db.subscribe(KeyRange::all());
+    // Dropped at the handshake if the link turns out not to send.
+    let mut feed = Some(ctx.db.subscribe(KeyRange::all()));
     let mut link = Link::new(ctx.db.clone(), cfg, ctx.now_ms());
     let (close_tx, mut close_rx) = oneshot::channel::<CloseReason>();
     let mut close_tx = Some(close_tx);
@@ -313,6 +314,10 @@ async fn drive(
         while let Some(ev) = link.poll_event() {
             match ev {
                 LinkEvent::Connected { peer } => {
+                    if !link.sends() {
+                        // Commits would only be held for it and dropped.
+                        feed = None;
+                    }
                     ended.peer = Some(peer);
                     ended.handshaken = true;
                     if dialed {
@@ -399,7 +404,7 @@ async fn drive(
                     link.close(CloseReason::Shutdown);
                 }
             },
-            commit = feed.recv_commit() => match commit {
+            commit = super::next_commit(&mut feed) => match commit {
                 Ok(c) => link.handle_commit(c),
                 Err(FeedError::Lagged { .. }) => link.handle_feed_lagged(),
                 Err(_) => link.close(CloseReason::Shutdown),

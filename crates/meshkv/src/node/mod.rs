@@ -385,6 +385,16 @@ impl Drop for Node {
     }
 }
 
+/// The next commit of an optional feed subscription; never ready without one.
+async fn next_commit(
+    feed: &mut Option<crate::storage::Subscription>,
+) -> Result<Arc<crate::storage::Commit>, FeedError> {
+    match feed {
+        Some(f) => f.recv_commit().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Republishes the conflicts merges settle as node events.
 async fn forward_conflicts(db: Db, events: broadcast::Sender<NodeEvent>, mut shutdown: watch::Receiver<bool>) {
     const LAG_WARN_INTERVAL: Duration = Duration::from_secs(10);

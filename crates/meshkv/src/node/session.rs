@@ -126,7 +126,7 @@ pub(crate) async fn serve(
                 last_heard = tokio::time::Instant::now();
                 msg
             }
-            commit = recv_feed(&mut feed) => {
+            commit = super::next_commit(&mut feed) => {
                 match commit {
                     Ok(commit) => {
                         for ev in session.watch_events(&commit) {
@@ -245,13 +245,6 @@ async fn flush(out: &mut FrameWriter, idle: Duration, addr: SocketAddr) -> bool 
             tracing::warn!(%addr, "client stopped reading replies; closing");
             false
         }
-    }
-}
-
-async fn recv_feed(feed: &mut Option<crate::storage::Subscription>) -> Result<Arc<crate::storage::Commit>, FeedError> {
-    match feed {
-        Some(f) => f.recv_commit().await,
-        None => std::future::pending().await,
     }
 }
 

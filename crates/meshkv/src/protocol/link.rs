@@ -155,6 +155,13 @@ impl Link {
         matches!(self.state, State::Closed)
     }
 
+    /// Whether our writes go to the peer on this link (decided by the
+    /// handshake; `false` before it). A link that does not send needs no
+    /// commits from the change feed.
+    pub fn sends(&self) -> bool {
+        self.send.is_some()
+    }
+
     /// Whether our sending half finished its first catch-up (or we do not send).
     pub fn is_sender_live(&self) -> bool {
         self.send.as_ref().is_none_or(SendHalf::is_live)
