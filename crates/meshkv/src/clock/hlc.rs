@@ -32,6 +32,12 @@ impl Hlc {
     pub fn logical(self) -> u16 {
         (self.0 & LOGICAL_MASK) as u16
     }
+
+    /// The smallest timestamp above this one (a full counter carries into
+    /// the next millisecond).
+    pub fn successor(self) -> Hlc {
+        Hlc(self.0.saturating_add(1))
+    }
 }
 
 impl fmt::Display for Hlc {
@@ -124,6 +130,12 @@ mod tests {
         assert!(c.tick(4_000) > Hlc::new(5_000, 7));
         assert!(!c.observe(Hlc::new(4_000 + MAX_FORWARD_DRIFT_MS + 10, 0), 4_000));
         assert_eq!(c.last().wall_ms(), 5_000);
+    }
+
+    #[test]
+    fn successor_carries_a_full_counter() {
+        assert_eq!(Hlc::new(10, 3).successor(), Hlc::new(10, 4));
+        assert_eq!(Hlc::new(10, u16::MAX).successor(), Hlc::new(11, 0));
     }
 
     #[test]

@@ -111,7 +111,13 @@ impl Db {
             let deps = old.as_ref().map(Record::context).unwrap_or_default();
             let dot = Dot::new(node, w.next_seq);
             w.next_seq += 1;
-            let record = Record::single(Version { dot, hlc: w.clock.tick(now), deps, value });
+            // Above every version it supersedes, even one too far ahead of
+            // our wall clock for the clock to adopt: last-writer-wins drops
+            // a loser only because whatever supersedes the winner orders
+            // after it (docs/ALGORITHM.md §4, "Why losers may be dropped").
+            let above = old.as_ref().map_or(Hlc::default(), |r| r.max_hlc().successor());
+            let hlc = w.clock.tick(now).max(above);
+            let record = Record::single(Version { dot, hlc, deps, value });
             if let Some(old) = &old {
                 for d in old.dots() {
                     log.remove(d);
