@@ -1,7 +1,7 @@
 //! Two protocol state machines wired back to back in memory (through the
 //! real codec): catch-up, live push, modes and resume.
 
-use meshkv::protocol::{codec, Link, LinkConfig, LinkEvent, Mode};
+use meshkv::protocol::{codec, Link, LinkConfig, LinkEvent, Message, Mode};
 use meshkv::storage::{FeedError, ResumePoint, Subscription};
 use meshkv::{Db, KeyRange, Options};
 
@@ -229,4 +229,39 @@ fn an_interrupted_log_order_catch_up_resumes() {
     assert_eq!(ea.link.item_counts().0 as usize, 300 - partial, "only the rest is sent again");
     assert_eq!(records(&a), records(&b));
     assert_eq!(a.version_vector(), b.version_vector());
+}
+
+/// A receiver stores resume points that claim whole origins of the
+/// sender's snapshot done, including writes it only skipped because a later
+/// record dominated them there. If a power loss took that later record back
+/// (under `Durability::Buffered`), the resumed stream would skip a write the
+/// receiver never got. So the snapshot is on stable storage before the
+/// first batch leaves: here, before the sender's `CatchUpStart` is sent.
+#[test]
+fn a_catch_up_snapshot_is_durable_before_it_is_streamed() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    for i in 0..10u32 {
+        a.put(format!("k{i}"), "v").expect("put");
+    }
+    assert!(a.durable_seq() < 10, "buffered writes are not synced by themselves");
+    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let mut started = false;
+    for _ in 0..8 {
+        while let Some(msg) = ea.link.poll_transmit(0).expect("poll") {
+            if matches!(msg, Message::CatchUpStart { .. }) {
+                started = true;
+                assert_eq!(a.durable_seq(), 10, "the snapshot was synced before it is streamed");
+                break;
+            }
+            let _ = eb.link.handle_message(msg, 0);
+        }
+        if started {
+            break;
+        }
+        while let Some(msg) = eb.link.poll_transmit(0).expect("poll") {
+            let _ = ea.link.handle_message(msg, 0);
+        }
+    }
+    assert!(started, "the catch-up started");
 }

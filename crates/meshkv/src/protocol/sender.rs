@@ -93,6 +93,10 @@ impl SendHalf {
     /// [`Snapshot::catch_up`](crate::storage::Snapshot::catch_up) picks.
     fn start_catch_up(&mut self, db: &Db, since: VersionVector, skip: Option<KeySkip>) -> crate::Result<Message> {
         let changes = db.snapshot().catch_up(&since, skip.clone())?;
+        // The receiver stores resume points that claim parts of this
+        // snapshot done; a power loss here must not take back a write that
+        // dominates one the stream skips (docs/ALGORITHM.md §5).
+        db.sync()?;
         let order = if changes.is_key_order() { CatchUpOrder::Key { skip } } else { CatchUpOrder::Log };
         self.snapshot_commit = changes.commit_id();
         let snapshot = changes.version_vector().clone();

@@ -243,6 +243,15 @@ impl Db {
         Ok(())
     }
 
+    /// This node's own writes up to this seq are known to be on stable
+    /// storage (under [`Durability::Sync`](super::Durability::Sync): all of them).
+    pub fn durable_seq(&self) -> u64 {
+        if self.inner.opts.durability == super::Durability::Sync {
+            return self.version_vector().get(self.inner.node_id);
+        }
+        self.inner.durable_seq.load(Ordering::Acquire)
+    }
+
     /// Makes sure this node's own writes up to `seq` are on stable storage
     /// (a no-op under [`Durability::Sync`](super::Durability::Sync), where
     /// every write already is). Replication calls it before a write leaves
