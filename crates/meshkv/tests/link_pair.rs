@@ -265,3 +265,48 @@ fn a_catch_up_snapshot_is_durable_before_it_is_streamed() {
     }
     assert!(started, "the catch-up started");
 }
+
+/// `batch_bytes` 0 still sends one record per batch: an empty first batch
+/// would read as the end of the snapshot and make the receiver cover
+/// writes it never got.
+#[test]
+fn zero_batch_bytes_still_sends_every_record() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    for i in 0..10u32 {
+        a.put(format!("k{i}"), "v").expect("put");
+    }
+    let cfg = LinkConfig { mode: Mode::Push, batch_bytes: 0, ..LinkConfig::default() };
+    let mut ea = End { sub: a.subscribe(KeyRange::all()), link: Link::new(a.clone(), cfg, 0), bytes_out: 0 };
+    let mut eb = End::new(&b, Mode::Pull);
+    pump(&mut ea, &mut eb);
+    assert_eq!(records(&a), records(&b));
+    assert_eq!(a.version_vector(), b.version_vector());
+}
+
+/// A peer names any vectors in `CatchUpStart`; progress reporting on them
+/// neither panics nor wraps.
+#[test]
+fn catch_up_progress_survives_a_peers_huge_vectors() {
+    let (_db, b) = open();
+    let mut link = Link::new(b.clone(), LinkConfig::default(), 0);
+    let hello = meshkv::protocol::Hello {
+        magic: meshkv::protocol::MAGIC,
+        version: meshkv::protocol::PROTOCOL_VERSION,
+        cluster: LinkConfig::default().cluster,
+        node: meshkv::NodeId(7),
+        role: meshkv::protocol::Role::Peer,
+        mode: Mode::Sync,
+        policy: b.options().policy.fingerprint(),
+    };
+    link.handle_message(Message::Hello(hello), 0).expect("hello");
+    let snapshot: meshkv::VersionVector =
+        [(meshkv::NodeId(8), u64::MAX), (meshkv::NodeId(9), u64::MAX)].into_iter().collect();
+    let start = Message::CatchUpStart {
+        since: meshkv::VersionVector::new(),
+        snapshot,
+        order: meshkv::protocol::CatchUpOrder::Log,
+    };
+    link.handle_message(start, 0).expect("start");
+    assert_eq!(link.catch_up_progress(), Some((0, u64::MAX)));
+}

@@ -183,7 +183,9 @@ impl Link {
     /// what our sending half has still to send (0 if we do not send).
     pub fn lag(&self, ours: &crate::VersionVector) -> u64 {
         match &self.send {
-            Some(send) => ours.iter().map(|(o, s)| s.saturating_sub(send.peer_vv().get(o))).sum(),
+            Some(send) => {
+                ours.iter().map(|(o, s)| s.saturating_sub(send.peer_vv().get(o))).fold(0, u64::saturating_add)
+            }
             None => 0,
         }
     }
@@ -294,7 +296,7 @@ impl Link {
         if self.cfg.mode.sends() && hello.mode.receives() {
             let limits = SendLimits {
                 window: self.cfg.window.max(1),
-                batch_bytes: self.cfg.batch_bytes,
+                batch_bytes: self.cfg.batch_bytes.max(1),
                 batch_items: self.cfg.batch_items.max(1),
                 queue: self.cfg.queue,
             };
