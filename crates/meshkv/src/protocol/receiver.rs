@@ -149,7 +149,9 @@ impl RecvHalf {
         self.received_items += items.len() as u64;
         db.apply_with(items.into_iter().map(|i| (i.key, i.record)), ctx).map(|_| ()).map_err(|e| match e {
             // Keys no store accepts: the peer's fault, not ours.
-            StorageError::KeyTooLarge { .. } | StorageError::ValueTooLarge { .. } => protocol(e.to_string()),
+            StorageError::KeyTooLarge { .. }
+            | StorageError::ValueTooLarge { .. }
+            | StorageError::ImpossibleOwnSeq { .. } => protocol(e.to_string()),
             // Ours (a full disk, say): the peer did nothing wrong.
             e => LinkError::Storage(e),
         })

@@ -161,6 +161,10 @@ impl Db {
         if touched.is_empty() && raise.is_empty() && ctx.resume.is_none() {
             return Ok(report);
         }
+        if max_own_seq >= IMPOSSIBLE_OWN_SEQ {
+            // Taking it would wrap `next_seq` and reuse seqs peers cover.
+            return Err(Error::ImpossibleOwnSeq { seq: max_own_seq });
+        }
         if max_own_seq >= w.next_seq {
             // Our own writes came back from a peer with higher seqs than we
             // know (e.g. the directory was restored from an old backup):
@@ -361,6 +365,10 @@ impl Db {
         self.inner.remote_applied.load(Ordering::Relaxed)
     }
 }
+
+/// Own seqs from peers at or above this are refused: 2^62 writes are not
+/// a history, and `next_seq` must never wrap.
+const IMPOSSIBLE_OWN_SEQ: u64 = 1 << 62;
 
 fn encode_resume(point: &ResumePoint) -> Vec<u8> {
     postcard::to_stdvec(point).unwrap_or_else(|_| unreachable!("in-memory encode"))

@@ -50,6 +50,13 @@ pub enum Error {
         /// What failed to read.
         detail: String,
     },
+    /// Records from a peer name one of this node's own writes with a seq no
+    /// real history reaches (at or above 2^62). Nothing was applied.
+    #[error("a peer's records name our own write seq {seq}, beyond any this node can issue (nothing applied)")]
+    ImpossibleOwnSeq {
+        /// The offending seq.
+        seq: u64,
+    },
     /// A record read back from disk failed to decode. The store is left as
     /// it is; the key is unreadable until repaired by a newer write or replica.
     #[error("record for key {key:?} is corrupt")]
