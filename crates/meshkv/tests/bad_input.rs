@@ -23,6 +23,19 @@ fn oversized_key_or_value_is_refused_and_nothing_is_written() {
     db.put("k", "fits").expect("the store keeps working");
 }
 
+/// A first open that crashed between writing its marker and renaming it
+/// into place left only `MESHKV.tmp`: the directory opens as a new store.
+#[test]
+fn a_directory_holding_only_a_half_installed_marker_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("MESHKV.tmp"), "meshkv").expect("write");
+    let db = Db::open(dir.path(), Options::default()).expect("opens as a new store");
+    db.put("k", "v").expect("put");
+    drop(db);
+    let db = Db::open(dir.path(), Options::default()).expect("reopens");
+    assert_eq!(db.get("k").expect("get"), Some(b"v".to_vec()));
+}
+
 #[test]
 fn a_directory_with_other_files_is_not_a_store() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -340,7 +340,12 @@ fn prepare_dir(path: &Path) -> Result<bool> {
             detail: format!("{MARKER_FILE} marker has unknown content or format version"),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut entries = fs::read_dir(path).map_err(io("cannot list data directory"))?;
+            // A first open that crashed before renaming its marker into
+            // place left only the temporary file: the store was never used.
+            let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+            let mut entries = fs::read_dir(path)
+                .map_err(io("cannot list data directory"))?
+                .filter(|e| e.as_ref().map_or(true, |e| e.path() != tmp));
             if entries.next().is_some() {
                 return Err(Error::NotAStore {
                     path: path.to_path_buf(),
