@@ -10,6 +10,7 @@
 //! crosses no thread inside the client process.
 
 mod conn;
+mod inflight;
 mod scan;
 
 pub use scan::ScanStream;
@@ -114,14 +115,17 @@ impl Client {
     }
 
     pub(crate) async fn call(&self, request: Request) -> Result<Response> {
+        self.call_within(request).await.unwrap_or_else(|| Err(timed_out()))
+    }
+
+    /// A call; `None` if no reply came within the request timeout.
+    pub(crate) async fn call_within(&self, request: Request) -> Option<Result<Response>> {
         let (reply, rx) = oneshot::channel();
         let call = async {
             self.tx.send(Command::Call { request, reply }).await.map_err(|_| lost())?;
             rx.await.map_err(|_| lost())?
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| RemoteError::new(ErrorCode::ConnectionLost, "no reply from the node in time"))?
+        tokio::time::timeout(self.timeout, call).await.ok()
     }
 
     /// The value of `key`.
@@ -192,6 +196,10 @@ impl Client {
     pub(crate) fn retries(&self) -> bool {
         self.retry
     }
+}
+
+pub(crate) fn timed_out() -> Error {
+    RemoteError::new(ErrorCode::ConnectionLost, "no reply from the node in time")
 }
 
 pub(crate) fn lost() -> Error {

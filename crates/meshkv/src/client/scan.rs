@@ -70,7 +70,11 @@ impl ScanStream {
                 Some(cursor) => Request::ScanMore { cursor },
                 None => Request::Scan { options: self.resume_options(), chunk: self.chunk },
             };
-            match self.client.call(request).await {
+            // A timeout ends the scan (as it ends any call): the request may
+            // still open a cursor, which is closed when its reply comes;
+            // resuming instead would open one more cursor per timeout.
+            let Some(reply) = self.client.call_within(request).await else { return Err(super::timed_out()) };
+            match reply {
                 Ok(Response::Chunk { cursor, entries, done }) => {
                     self.cursor = (!done).then_some(cursor);
                     self.done = done;

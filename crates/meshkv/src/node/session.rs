@@ -17,7 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A scan chunk stops growing past this many bytes of keys and values.
+/// A scan chunk takes no further entry that would bring its keys and values
+/// past this many bytes (its first entry always fits a frame by itself).
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 /// Room left in a frame for a reply's framing and metadata.
 const REPLY_OVERHEAD: usize = 64 * 1024;
@@ -186,6 +187,9 @@ pub(crate) async fn serve(
                     let result = session.handle(id, request);
                     if watching && result.is_ok() && feed.is_none() {
                         feed = Some(ctx.db.subscribe(KeyRange::all()));
+                    } else if session.watches.is_empty() {
+                        // No subscriber: writes need not publish for us.
+                        feed = None;
                     }
                     codec::encode(&Message::Reply { id, result }, &mut replies);
                     None
@@ -248,6 +252,14 @@ async fn flush(out: &mut FrameWriter, idle: Duration, addr: SocketAddr) -> bool 
     }
 }
 
+/// An open scan of a client.
+struct Cursor {
+    scan: Scan,
+    chunk: usize,
+    /// The entry that did not fit the last chunk: the next one starts with it.
+    held: Option<crate::storage::Entry>,
+}
+
 /// Per-client limits in force.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -272,7 +284,7 @@ struct Session<'a> {
     client: NodeId,
     read_only: bool,
     limits: Limits,
-    cursors: HashMap<u64, (Scan, u32)>,
+    cursors: HashMap<u64, Cursor>,
     next_watch: u64,
     watches: Vec<(u64, KeyRange)>,
     /// Write requests of the current burst not yet committed.
@@ -300,6 +312,10 @@ impl Session<'_> {
             Request::ScanMore { cursor } => self.next_chunk(cursor),
             Request::ScanClose { cursor } => {
                 self.cursors.remove(&cursor);
+                Ok(Response::Ok)
+            }
+            Request::Unwatch { watch } => {
+                self.watches.retain(|(w, _)| *w != watch);
                 Ok(Response::Ok)
             }
             Request::Watch { range } => {
@@ -430,24 +446,31 @@ impl Session<'_> {
         // scan of the client's next connection.
         let cursor = self.ctx.server.next_cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let scan = self.db().snapshot().scan(options);
-        self.cursors.insert(cursor, (scan, chunk.clamp(1, 10_000)));
+        self.cursors.insert(cursor, Cursor { scan, chunk: chunk.clamp(1, 10_000) as usize, held: None });
         self.next_chunk(cursor)
     }
 
     fn next_chunk(&mut self, cursor: u64) -> Result<Response, RemoteError> {
-        let Some((scan, chunk)) = self.cursors.get_mut(&cursor) else {
+        let Some(Cursor { scan, chunk, held }) = self.cursors.get_mut(&cursor) else {
             // Finished, closed, or opened on a connection that was lost.
             return Err(RemoteError::new(ErrorCode::ConnectionLost, format!("scan cursor {cursor} is not open here")));
         };
-        let mut entries = Vec::with_capacity((*chunk as usize).min(1024));
+        let mut entries = Vec::with_capacity((*chunk).min(1024));
         let mut bytes = 0;
         let mut done = true;
-        for entry in scan.by_ref() {
+        while let Some(entry) = held.take().map(Ok).or_else(|| scan.next()) {
             let entry = entry.map_err(internal)?;
-            bytes += entry.key.len() + entry.value.len();
+            let size = entry.key.len() + entry.value.len();
+            // Count and size both bound a chunk, so any chunk fits a frame:
+            // an entry that would overflow it opens the next one.
+            if !entries.is_empty() && bytes + size > SCAN_CHUNK_BYTES {
+                *held = Some(entry);
+                done = false;
+                break;
+            }
+            bytes += size;
             entries.push(entry);
-            // Count and size both bound a chunk, so any chunk fits a frame.
-            if entries.len() == *chunk as usize || bytes >= SCAN_CHUNK_BYTES {
+            if entries.len() == *chunk {
                 done = false;
                 break;
             }

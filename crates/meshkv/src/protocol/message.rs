@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 pub const MAGIC: [u8; 4] = *b"MKV1";
 /// Protocol version spoken by this build. 2: key-order catch-ups
 /// ([`CatchUpOrder`]) and typed resume points. 3: records in their storage
-/// encoding ([`Item::record`]). 4: peer exchange ([`Message::Peers`]).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// encoding ([`Item::record`]). 4: peer exchange ([`Message::Peers`]). 5: clients
+/// stop watches ([`Request::Unwatch`](super::request::Request::Unwatch)).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Most addresses one [`Message::Peers`] may carry.
 pub const MAX_SHARED_PEERS: usize = 64;
 

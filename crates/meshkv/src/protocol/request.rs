@@ -70,6 +70,11 @@ pub enum Request {
     },
     /// The node's status.
     Status,
+    /// Stops a watch (unknown ids are ignored).
+    Unwatch {
+        /// The id from [`Response::Watching`].
+        watch: u64,
+    },
 }
 
 impl Request {
