@@ -310,3 +310,43 @@ fn catch_up_progress_survives_a_peers_huge_vectors() {
     link.handle_message(start, 0).expect("start");
     assert_eq!(link.catch_up_progress(), Some((0, u64::MAX)));
 }
+
+/// A commit larger than a frame (one big local batch) reaches a live peer
+/// in several batches, the last of which carries its vector: no frame is
+/// refused, and the peer covers the commit only once it holds all of it.
+#[test]
+fn a_commit_larger_than_a_frame_goes_live_in_parts() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    pump(&mut ea, &mut eb);
+    let mut batch = meshkv::Batch::new();
+    for i in 0..2500u32 {
+        batch.put(format!("big{i:05}"), vec![7u8; 8 * 1024]);
+    }
+    a.write(batch).expect("a 20 MiB batch");
+    let mut lives = 0;
+    let mut covered_early = false;
+    loop {
+        ea.pump_feed();
+        let Some(msg) = ea.link.poll_transmit(0).expect("poll") else {
+            if transmit(&mut eb, &mut ea, usize::MAX) == 0 {
+                break;
+            }
+            continue;
+        };
+        if let Message::Live { items, vv, .. } = &msg {
+            lives += 1;
+            covered_early |= vv.get(a.node_id()) > 0 && b.scan(Default::default()).count() + items.len() < 2500;
+        }
+        let mut buf = Vec::new();
+        codec::encode(&msg, &mut buf);
+        let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("every frame fits").expect("frame");
+        eb.link.handle_message(msg, 0).expect("applied");
+        transmit(&mut eb, &mut ea, usize::MAX);
+    }
+    assert!(lives > 1, "sent in {lives} batch(es)");
+    assert!(!covered_early, "a part before the last carried the commit's vector");
+    assert_eq!(records(&a), records(&b));
+    assert_eq!(a.version_vector(), b.version_vector());
+}

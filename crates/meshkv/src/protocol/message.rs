@@ -169,7 +169,8 @@ pub enum Message {
         id: u64,
         /// The records.
         items: Vec<Item>,
-        /// The sender's version vector after these commits.
+        /// The sender's version vector after these commits; empty for a
+        /// part of a commit too large for one batch but its last.
         vv: VersionVector,
     },
     /// The receiver has durably applied every batch up to `id`.

@@ -39,6 +39,9 @@ pub(crate) struct SendHalf {
     /// Commits at or below this id are contained in the current snapshot.
     snapshot_commit: u64,
     queue: VecDeque<Arc<Commit>>,
+    /// Changes of the queue's first commit already sent: a commit larger
+    /// than a batch goes in parts.
+    front_sent: usize,
     /// The queue overflowed: the live stream has a gap.
     lagged: bool,
     /// The version vector the peer covers once it has applied everything
@@ -58,6 +61,7 @@ impl SendHalf {
             acked: 0,
             snapshot_commit: 0,
             queue: VecDeque::new(),
+            front_sent: 0,
             lagged: false,
             peer_vv: VersionVector::new(),
             sent_items: 0,
@@ -101,6 +105,7 @@ impl SendHalf {
         self.snapshot_commit = changes.commit_id();
         let snapshot = changes.version_vector().clone();
         self.queue.retain(|c| c.id > self.snapshot_commit);
+        self.front_sent = 0;
         self.lagged = false;
         self.phase = Phase::CatchingUp(Box::new(changes));
         Ok(Message::CatchUpStart { since, snapshot, order })
@@ -115,8 +120,7 @@ impl SendHalf {
             return;
         }
         if self.queue.len() >= self.limits.queue {
-            self.queue.clear();
-            self.lagged = true;
+            self.on_feed_lagged();
             return;
         }
         self.queue.push_back(commit);
@@ -125,6 +129,7 @@ impl SendHalf {
     /// The feed itself dropped commits for this link.
     pub fn on_feed_lagged(&mut self) {
         self.queue.clear();
+        self.front_sent = 0;
         self.lagged = true;
     }
 
@@ -172,19 +177,26 @@ impl SendHalf {
         }
     }
 
-    /// Coalesces queued commits into one batch.
+    /// Coalesces queued commits into one batch. A commit that does not fit
+    /// one batch by itself goes in several: only the last carries its
+    /// vector, so the peer covers it once it holds all of it.
     fn live_batch(&mut self) -> Option<Message> {
+        let (max_items, max_bytes) = (self.limits.batch_items, self.limits.batch_bytes);
         let mut items = Vec::new();
         let mut bytes = 0;
         let mut vv = None;
         while let Some(commit) = self.queue.front() {
-            if !items.is_empty()
-                && (items.len() + commit.changes.len() > self.limits.batch_items || bytes >= self.limits.batch_bytes)
-            {
+            let rest = commit.changes.len() - self.front_sent;
+            if !items.is_empty() && (items.len() + rest > max_items || bytes >= max_bytes) {
                 break;
             }
-            let commit = self.queue.pop_front()?;
-            for change in &commit.changes {
+            let commit = Arc::clone(commit);
+            let mut next = self.front_sent;
+            while let Some(change) = commit.changes.get(next) {
+                if !items.is_empty() && (items.len() >= max_items || bytes >= max_bytes) {
+                    break;
+                }
+                next += 1;
                 // The peer has its own writes (or what superseded them).
                 if change.dots().all(|d| d.origin == self.peer) {
                     continue;
@@ -193,9 +205,22 @@ impl SendHalf {
                 bytes += change.key.len() + record.len();
                 items.push(Item { key: change.key.clone(), record });
             }
+            if next < commit.changes.len() {
+                self.front_sent = next;
+                break;
+            }
+            self.queue.pop_front();
+            self.front_sent = 0;
             vv = Some(commit.vv.clone());
         }
-        let vv = vv?;
+        let Some(vv) = vv else {
+            // Only part of a commit: it covers nothing new yet.
+            if items.is_empty() {
+                return None;
+            }
+            self.sent_items += items.len() as u64;
+            return Some(Message::Live { id: self.take_id(), items, vv: VersionVector::new() });
+        };
         if items.is_empty() && self.peer_vv.dominates(&vv) {
             return None;
         }
