@@ -350,3 +350,64 @@ fn a_commit_larger_than_a_frame_goes_live_in_parts() {
     assert_eq!(records(&a), records(&b));
     assert_eq!(a.version_vector(), b.version_vector());
 }
+
+/// Commits queued for a peer that does not keep up are bounded in bytes,
+/// not only in number: past 64 MiB the link drops them and catches the
+/// peer up from a new snapshot instead, and the peer still gets everything.
+#[test]
+fn a_live_queue_past_its_byte_bound_turns_into_a_catch_up() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    pump(&mut ea, &mut eb);
+    // 80 commits of 1 MiB while the peer reads nothing: far below the
+    // 1 024-commit bound, above the byte bound.
+    for c in 0..80u32 {
+        let mut batch = meshkv::Batch::new();
+        for i in 0..128u32 {
+            batch.put(format!("c{c:02}-{i:03}"), vec![1u8; 8 * 1024]);
+        }
+        a.write(batch).expect("write");
+        ea.pump_feed();
+    }
+    let mut restarted = false;
+    loop {
+        ea.pump_feed();
+        let mut moved = 0;
+        while let Some(msg) = ea.link.poll_transmit(0).expect("poll") {
+            restarted |= matches!(msg, Message::CatchUpStart { .. });
+            let mut buf = Vec::new();
+            codec::encode(&msg, &mut buf);
+            let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("decode").expect("frame");
+            eb.link.handle_message(msg, 0).expect("applied");
+            moved += 1;
+        }
+        moved += transmit(&mut eb, &mut ea, usize::MAX);
+        if moved == 0 {
+            break;
+        }
+    }
+    assert!(restarted, "the queue held 80 MiB instead of falling back to a catch-up");
+    assert_eq!(records(&a), records(&b));
+    assert_eq!(a.version_vector(), b.version_vector());
+}
+
+/// While the socket is stalled the runtime stops taking messages; the ticks
+/// meanwhile leave one ping waiting, not one per tick.
+#[test]
+fn ticks_on_a_stalled_link_queue_one_ping() {
+    let (_da, a) = open();
+    let (_db, b) = open();
+    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    pump(&mut ea, &mut eb);
+    let cfg = LinkConfig::default();
+    let mut now = 0;
+    while now + cfg.ping_ms < cfg.idle_timeout_ms {
+        now += cfg.ping_ms;
+        ea.link.handle_message(Message::Ping, now).expect("the peer is heard");
+        ea.link.handle_tick(now);
+    }
+    let pings =
+        std::iter::from_fn(|| ea.link.poll_transmit(now).expect("poll")).filter(|m| matches!(m, Message::Ping)).count();
+    assert_eq!(pings, 1);
+}

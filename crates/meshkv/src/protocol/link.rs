@@ -24,7 +24,7 @@ pub struct LinkConfig {
     /// Cap on records per batch (default 4096).
     pub batch_items: usize,
     /// Feed commits queued while the window is full before falling back to a
-    /// new catch-up (default 1024).
+    /// new catch-up (default 1024; at most 64 MiB of them).
     pub queue: usize,
     /// Send a ping after this much silence, ms (default 5 000).
     pub ping_ms: u64,
@@ -346,7 +346,12 @@ impl Link {
             self.close(CloseReason::Timeout);
             return;
         }
-        if matches!(self.state, State::Open) && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.ping_ms {
+        // One ping waiting is enough (the socket may be stalled).
+        let ping_queued = self.outbox.iter().any(|m| matches!(m, Message::Ping));
+        if matches!(self.state, State::Open)
+            && !ping_queued
+            && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.ping_ms
+        {
             self.outbox.push_back(Message::Ping);
         }
     }

@@ -16,10 +16,14 @@ pub(crate) struct SendLimits {
     pub batch_bytes: usize,
     /// Cap on records per batch.
     pub batch_items: usize,
-    /// Feed commits queued while the window is full; beyond this the link
-    /// falls back to a new catch-up.
+    /// Feed commits queued while the window is full; beyond this (or
+    /// [`MAX_QUEUED_BYTES`]) the link falls back to a new catch-up.
     pub queue: usize,
 }
+
+/// Bytes of keys and records the live queue may hold: a few huge commits
+/// must not pin unbounded memory while the peer is slow.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 enum Phase {
     /// Waiting for the peer's digest.
@@ -42,6 +46,8 @@ pub(crate) struct SendHalf {
     /// Changes of the queue's first commit already sent: a commit larger
     /// than a batch goes in parts.
     front_sent: usize,
+    /// About how many bytes the queued commits hold.
+    queued_bytes: usize,
     /// The queue overflowed: the live stream has a gap.
     lagged: bool,
     /// The version vector the peer covers once it has applied everything
@@ -62,6 +68,7 @@ impl SendHalf {
             snapshot_commit: 0,
             queue: VecDeque::new(),
             front_sent: 0,
+            queued_bytes: 0,
             lagged: false,
             peer_vv: VersionVector::new(),
             sent_items: 0,
@@ -105,6 +112,7 @@ impl SendHalf {
         self.snapshot_commit = changes.commit_id();
         let snapshot = changes.version_vector().clone();
         self.queue.retain(|c| c.id > self.snapshot_commit);
+        self.queued_bytes = self.queue.iter().map(|c| commit_bytes(c)).sum();
         self.front_sent = 0;
         self.lagged = false;
         self.phase = Phase::CatchingUp(Box::new(changes));
@@ -119,16 +127,19 @@ impl SendHalf {
         if commit.id <= self.snapshot_commit || self.lagged {
             return;
         }
-        if self.queue.len() >= self.limits.queue {
+        let bytes = commit_bytes(&commit);
+        if self.queue.len() >= self.limits.queue || self.queued_bytes + bytes > MAX_QUEUED_BYTES {
             self.on_feed_lagged();
             return;
         }
+        self.queued_bytes += bytes;
         self.queue.push_back(commit);
     }
 
     /// The feed itself dropped commits for this link.
     pub fn on_feed_lagged(&mut self) {
         self.queue.clear();
+        self.queued_bytes = 0;
         self.front_sent = 0;
         self.lagged = true;
     }
@@ -210,6 +221,7 @@ impl SendHalf {
                 break;
             }
             self.queue.pop_front();
+            self.queued_bytes = self.queued_bytes.saturating_sub(commit_bytes(&commit));
             self.front_sent = 0;
             vv = Some(commit.vv.clone());
         }
@@ -234,6 +246,10 @@ impl SendHalf {
         self.next_id += 1;
         id
     }
+}
+
+fn commit_bytes(commit: &Commit) -> usize {
+    commit.changes.iter().map(|c| c.approx_len()).sum()
 }
 
 /// Own writes leave this node only once they are on stable storage.

@@ -74,6 +74,11 @@ impl Change {
         encoded.into_iter().flatten().chain(decoded.into_iter().flatten())
     }
 
+    /// About how many bytes the key and record take.
+    pub(crate) fn approx_len(&self) -> usize {
+        self.key.len() + self.encoded.as_ref().map_or_else(|| self.record().encoded_len_hint(), EncodedRecord::len)
+    }
+
     /// The record in its storage encoding.
     pub(crate) fn to_encoded(&self) -> EncodedRecord {
         match &self.encoded {
