@@ -81,6 +81,8 @@ pub(crate) struct Ended {
     pub reason: Option<CloseReason>,
     /// Whether the handshake completed.
     pub handshaken: bool,
+    /// Whether this connection became the peer's link (was announced).
+    pub claimed: bool,
 }
 
 /// What the client-serving side of a node shares across connections.
@@ -102,6 +104,10 @@ type Incoming = mpsc::Receiver<Result<Message, String>>;
 /// link or a client session depending on the role in the first `Hello`.
 pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig, mut ticket: Ticket) {
     let wait = Duration::from_millis(cfg.handshake_timeout_ms);
+    let mut shutdown = ctx.shutdown.clone();
+    if *shutdown.borrow() {
+        return;
+    }
     let admitted = tokio::select! {
         res = tokio::time::timeout(wait, admit(&ctx, stream, ticket.prover())) => match res {
             Ok(Ok(admitted)) => admitted,
@@ -126,6 +132,7 @@ pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, 
             }
         },
         _ = &mut ticket.evicted => return,
+        _ = shutdown.changed() => return,
     };
     let (frames, mut writer, access, hello) = admitted;
     let Some(_slot) = ticket.admit() else {
@@ -195,19 +202,24 @@ async fn admit(ctx: &ConnCtx, stream: TcpStream, proven: impl Fn()) -> Result<Ad
 /// Runs a connection this node dialed (a peer link) until it closes.
 pub(crate) async fn dialed(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cfg: LinkConfig) -> Ended {
     let wait = Duration::from_millis(cfg.handshake_timeout_ms);
-    let established = tokio::time::timeout(wait, net::establish(stream, Side::Initiator, &ctx.security, ctx.max_frame));
-    match established.await {
+    let establish = tokio::time::timeout(wait, net::establish(stream, Side::Initiator, &ctx.security, ctx.max_frame));
+    let mut shutdown = ctx.shutdown.clone();
+    let established = tokio::select! {
+        res = establish => res,
+        _ = shutdown.changed() => return Ended { peer: None, reason: Some(CloseReason::Shutdown), handshaken: false, claimed: false },
+    };
+    match established {
         Ok(Ok((frames, writer, _))) => run_link(ctx, frames, writer, addr, cfg, true, None).await,
         Ok(Err(e)) => {
             tracing::warn!(%addr, "cannot connect to peer: {e}");
             if let EstablishError::Secure(_) = e {
                 let _ = ctx.events.send(NodeEvent::Error { addr, message: format!("cannot connect to peer: {e}") });
             }
-            Ended { peer: None, reason: None, handshaken: false }
+            Ended { peer: None, reason: None, handshaken: false, claimed: false }
         }
         Err(_) => {
             tracing::debug!(%addr, "peer handshake timed out");
-            Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false }
+            Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false, claimed: false }
         }
     }
 }
@@ -229,8 +241,11 @@ async fn run_link(
     let ended = drive(&ctx, link, first, addr, cfg, dialed, conn).await;
     reader.abort();
     ctx.registry.release(conn);
-    if let Some(peer) = ended.peer {
-        let _ = ctx.events.send(NodeEvent::Disconnected { peer, addr, reason: ended.reason });
+    // Only for a link that was the peer's, and only if no other took over.
+    if let (Some(peer), true) = (ended.peer, ended.claimed) {
+        if !ctx.registry.is_linked(peer) {
+            let _ = ctx.events.send(NodeEvent::Disconnected { peer, addr, reason: ended.reason });
+        }
     }
     ended
 }
@@ -258,16 +273,19 @@ async fn drive(
     // Subscribe before the link exists so no commit after its snapshot is missed.
     // Dropped at the handshake if the link turns out not to send.
     let mut feed = Some(ctx.db.subscribe(KeyRange::all()));
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let mut link = Link::new(ctx.db.clone(), cfg, ctx.now_ms());
     let (close_tx, mut close_rx) = oneshot::channel::<CloseReason>();
     let mut close_tx = Some(close_tx);
     let mut shutdown = ctx.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
     let mut out = Vec::new();
-    let mut ended = Ended { peer: None, reason: None, handshaken: false };
+    let mut ended = Ended { peer: None, reason: None, handshaken: false, claimed: false };
     let mut peer_gone = false;
     let mut lag = 0;
     let mut progress_logged = std::time::Instant::now();
+    let mut marked_live = false;
+    let mut last_write = tokio::time::Instant::now();
     // The registry generation of the peer list last sent (peer exchange).
     let mut shared = None;
     if *shutdown.borrow() {
@@ -324,16 +342,22 @@ async fn drive(
                         ctx.registry.learn(addr, peer);
                     }
                     let closer = close_tx.take().unwrap_or_else(|| oneshot::channel().0);
-                    match ctx.registry.claim(ctx.db.node_id(), peer, conn, dialed, closer) {
-                        Claim::Keep => {
-                            tracing::info!(%addr, %peer, "peer connected");
+                    match ctx.registry.claim(ctx.db.node_id(), peer, conn, dialed.then_some(addr), closer) {
+                        Claim::Keep { replaced } => {
+                            ended.claimed = true;
                             if dialed {
                                 ctx.registry.set_listen(peer, addr);
                             }
-                            let _ = ctx.events.send(NodeEvent::Connected { peer, addr });
+                            // A replacement: the peer stayed linked, and its
+                            // `Connected` was reported already.
+                            if !replaced {
+                                tracing::info!(%addr, %peer, "peer connected");
+                                let _ = ctx.events.send(NodeEvent::Connected { peer, addr });
+                            }
                             shared = share_peers(ctx, &mut link, peer, None);
                         }
                         Claim::Duplicate => link.close(CloseReason::Duplicate),
+                        Claim::Removed => link.close(CloseReason::Shutdown),
                     }
                 }
                 LinkEvent::CaughtUp { peer } => {
@@ -384,15 +408,24 @@ async fn drive(
             break;
         }
         ctx.registry.set_counts(conn, counts(&link, lag));
+        // A link that only sends is live once its catch-up went out (one
+        // that receives, at `CaughtUp`).
+        if ended.claimed && !marked_live && !link.receives() && link.is_sender_live() {
+            ctx.registry.set_live(conn);
+            marked_live = true;
+        }
 
         tokio::select! {
             // Unbiased: a busy socket must not starve the feed (whose ring
             // holds records in memory until every subscriber has read them).
             reason = &mut close_rx => link.close(reason.unwrap_or(CloseReason::Duplicate)),
             _ = shutdown.changed() => link.close(CloseReason::Shutdown),
-            res = writer.write_some(), if writer.pending() > 0 => if res.is_err() {
-                peer_gone = true;
-                link.close(CloseReason::Shutdown);
+            res = writer.write_some(), if writer.pending() > 0 => match res {
+                Ok(_) => last_write = tokio::time::Instant::now(),
+                Err(_) => {
+                    peer_gone = true;
+                    link.close(CloseReason::Shutdown);
+                }
             },
             msg = in_rx.recv() => match msg {
                 Some(frame) => {
@@ -410,6 +443,14 @@ async fn drive(
                 Err(_) => link.close(CloseReason::Shutdown),
             },
             _ = tick.tick() => {
+                if writer.pending() == 0 {
+                    last_write = tokio::time::Instant::now();
+                } else if last_write.elapsed() > idle {
+                    // A peer that sends but never reads would otherwise
+                    // have us queue acknowledgements for it without end.
+                    tracing::warn!(%addr, "peer stopped reading; closing");
+                    link.close(CloseReason::Timeout);
+                }
                 link.handle_tick(ctx.now_ms());
                 if let (Some(_), Some(peer)) = (shared, ended.peer) {
                     shared = share_peers(ctx, &mut link, peer, shared);

@@ -17,7 +17,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
-pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
+/// Dials `addr` while the registry holds it as a dial target with `token`.
+pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr, token: u64) {
     let mut backoff = cfg.backoff_min;
     let mut shutdown = ctx.shutdown.clone();
     let mut failing_since: Option<Instant> = None;
@@ -25,7 +26,7 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
         if *shutdown.borrow() || ctx.registry.is_self(addr) {
             return;
         }
-        let Some(mode) = ctx.registry.dial_mode(addr) else { return };
+        let Some(mode) = ctx.registry.dial_mode(addr, token) else { return };
         let linked = ctx.registry.known_id(addr).is_some_and(|id| ctx.registry.is_linked(id));
         let mut outcome = None;
         if linked {
@@ -33,7 +34,11 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr) {
         } else {
             let started = Instant::now();
             let mut answered = false;
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            let connected = tokio::select! {
+                res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)) => res,
+                _ = shutdown.changed() => return,
+            };
+            match connected {
                 Ok(Ok(stream)) => {
                     let link = LinkConfig { mode, ..cfg.link.clone() };
                     let ended = connection::dialed(ctx.clone(), stream, addr, link).await;

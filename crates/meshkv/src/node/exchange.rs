@@ -32,12 +32,12 @@ pub(crate) async fn run(ctx: ConnCtx, cfg: NodeConfig, mut lists: mpsc::Receiver
             list = lists.recv() => {
                 let Some(list) = list else { break };
                 for addr in list {
-                    let new = admissible(addr, ctx.local_addr, insecure_ok)
-                        && !ctx.registry.is_linked_addr(addr)
-                        && ctx.registry.add_learned(addr, cfg.accept_mode, MAX_LEARNED);
-                    if new {
+                    if !admissible(addr, ctx.local_addr, insecure_ok) || ctx.registry.is_linked_addr(addr) {
+                        continue;
+                    }
+                    if let Some(token) = ctx.registry.add_learned(addr, cfg.accept_mode, MAX_LEARNED) {
                         tracing::info!(%addr, "learned a peer through peer exchange");
-                        dials.spawn(dialer::dial_loop(ctx.clone(), cfg.clone(), addr));
+                        dials.spawn(dialer::dial_loop(ctx.clone(), cfg.clone(), addr, token));
                     }
                 }
             }

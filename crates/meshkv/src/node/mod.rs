@@ -347,18 +347,15 @@ impl Node {
 
     /// Starts dialing `addr` (again) with the given link mode.
     pub fn add_peer(&mut self, addr: SocketAddr, mode: Mode) {
-        if self.registry.dial_mode(addr).is_some() {
-            self.registry.set_dial(addr, Some(mode));
-            return;
+        if let Some(token) = self.registry.set_dial(addr, mode) {
+            self.tasks.spawn(dialer::dial_loop(self.ctx.clone(), self.cfg.clone(), addr, token));
         }
-        self.registry.set_dial(addr, Some(mode));
-        self.tasks.spawn(dialer::dial_loop(self.ctx.clone(), self.cfg.clone(), addr));
     }
 
     /// Stops dialing `addr` and closes the link to the node behind it.
     /// (If that node dials us itself, it can still connect.)
     pub fn remove_peer(&mut self, addr: SocketAddr) {
-        self.registry.set_dial(addr, None);
+        self.registry.remove_dial(addr);
         if let Some(peer) = self.registry.known_id(addr) {
             self.registry.close_peer(peer);
         }
@@ -450,10 +447,14 @@ async fn accept_next(
 async fn accept_loop(listener: TcpListener, ctx: ConnCtx, cfg: NodeConfig) {
     let admission = admission::Admission::new(cfg.max_handshaking, cfg.max_connections);
     let mut shutdown = ctx.shutdown.clone();
+    // Held here so that shutdown waits for them (each watches the signal).
+    let mut connections = JoinSet::new();
     while let Some((stream, addr)) = accept_next(&listener, &mut shutdown, "peers and clients").await {
+        while connections.try_join_next().is_some() {}
         let ticket = admission.start(addr.ip());
         let ctx = ctx.clone();
         let link = LinkConfig { mode: cfg.accept_mode, ..cfg.link.clone() };
-        tokio::spawn(connection::accepted(ctx, stream, addr, link, ticket));
+        connections.spawn(connection::accepted(ctx, stream, addr, link, ticket));
     }
+    while connections.join_next().await.is_some() {}
 }

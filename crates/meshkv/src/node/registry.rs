@@ -91,8 +91,10 @@ struct Inner {
     /// Live links by peer: connection id, whether we dialed it, closer.
     links: HashMap<NodeId, (u64, bool, Option<oneshot::Sender<CloseReason>>)>,
     status: HashMap<u64, PeerStatus>,
-    /// Static peers and their modes.
-    dial: HashMap<SocketAddr, Mode>,
+    /// Dial targets: their modes and the token of the one dial loop that
+    /// serves each (a loop whose token is gone stops).
+    dial: HashMap<SocketAddr, (Mode, u64)>,
+    next_dial_token: u64,
     /// Addresses that led back to this node.
     own_addrs: HashSet<SocketAddr>,
     /// Peer id learned for a dialed address.
@@ -110,10 +112,13 @@ struct Inner {
 
 /// Outcome of registering a freshly handshaken connection.
 pub(crate) enum Claim {
-    /// This connection is the peer's link.
-    Keep,
+    /// This connection is the peer's link; `replaced`: it takes over from
+    /// another connection to the same peer (the peer stayed linked).
+    Keep { replaced: bool },
     /// Another connection to the same peer wins; close this one.
     Duplicate,
+    /// We dialed this connection, but its address was removed meanwhile.
+    Removed,
 }
 
 impl Registry {
@@ -140,10 +145,16 @@ impl Registry {
         me: NodeId,
         peer: NodeId,
         conn: u64,
-        dialed: bool,
+        dialed: Option<SocketAddr>,
         closer: oneshot::Sender<CloseReason>,
     ) -> Claim {
         let mut g = self.lock();
+        // Under the lock `remove_peer` takes: a removal either sees this
+        // link (and closes it) or is seen here.
+        if dialed.is_some_and(|addr| !g.dial.contains_key(&addr)) {
+            return Claim::Removed;
+        }
+        let dialed = dialed.is_some();
         if let Some(s) = g.status.get_mut(&conn) {
             s.node_id = Some(peer);
             s.state = PeerState::Connected;
@@ -162,11 +173,13 @@ impl Registry {
         if !keep_new {
             return Claim::Duplicate;
         }
-        if let Some((_, _, Some(close_old))) = g.links.insert(peer, (conn, dialed, Some(closer))) {
+        let old = g.links.insert(peer, (conn, dialed, Some(closer)));
+        let replaced = old.is_some();
+        if let Some((_, _, Some(close_old))) = old {
             let _ = close_old.send(CloseReason::Duplicate);
         }
         g.generation += 1;
-        Claim::Keep
+        Claim::Keep { replaced }
     }
 
     pub fn set_live(&self, conn: u64) {
@@ -233,15 +246,17 @@ impl Registry {
 
     /// Adds `addr`, learned through peer exchange or discovery, as a dial target with
     /// `mode`, unless it is one already or `max` learned targets exist.
-    /// Returns whether it was added (the caller then dials it).
-    pub fn add_learned(&self, addr: SocketAddr, mode: Mode, max: usize) -> bool {
+    /// Returns the token of the dial loop the caller then starts, if added.
+    pub fn add_learned(&self, addr: SocketAddr, mode: Mode, max: usize) -> Option<u64> {
         let mut g = self.lock();
         if g.dial.contains_key(&addr) || g.own_addrs.contains(&addr) || g.learned.len() >= max {
-            return false;
+            return None;
         }
-        g.dial.insert(addr, mode);
+        g.next_dial_token += 1;
+        let token = g.next_dial_token;
+        g.dial.insert(addr, (mode, token));
         g.learned.insert(addr);
-        true
+        Some(token)
     }
 
     /// Whether `addr` is a learned dial target (not a static peer).
@@ -310,20 +325,34 @@ impl Registry {
         self.lock().addr_ids.get(&addr).copied()
     }
 
-    /// Sets (or with `None` removes) a static dial target; a learned
-    /// target set here becomes static.
-    pub fn set_dial(&self, addr: SocketAddr, mode: Option<Mode>) {
+    /// Makes `addr` a static dial target with `mode` (a learned target
+    /// set here becomes static). Returns the token of the dial loop the
+    /// caller must start, or `None` if a loop already serves it.
+    pub fn set_dial(&self, addr: SocketAddr, mode: Mode) -> Option<u64> {
         let mut g = self.lock();
         g.learned.remove(&addr);
-        match mode {
-            Some(m) => g.dial.insert(addr, m),
-            None => g.dial.remove(&addr),
-        };
+        if let Some((m, _)) = g.dial.get_mut(&addr) {
+            *m = mode;
+            return None;
+        }
+        g.next_dial_token += 1;
+        let token = g.next_dial_token;
+        g.dial.insert(addr, (mode, token));
+        Some(token)
     }
 
-    /// The mode to dial `addr` with, or `None` if it was removed.
-    pub fn dial_mode(&self, addr: SocketAddr) -> Option<Mode> {
-        self.lock().dial.get(&addr).copied()
+    /// Stops dialing `addr`: its dial loop ends at its next round.
+    pub fn remove_dial(&self, addr: SocketAddr) {
+        let mut g = self.lock();
+        g.learned.remove(&addr);
+        g.dial.remove(&addr);
+    }
+
+    /// The mode the dial loop holding `token` dials `addr` with, or `None`
+    /// if that loop must stop (the target was removed, perhaps re-added
+    /// and served by a newer loop).
+    pub fn dial_mode(&self, addr: SocketAddr, token: u64) -> Option<Mode> {
+        self.lock().dial.get(&addr).filter(|(_, t)| *t == token).map(|(m, _)| *m)
     }
 
     /// Closes the live link to `peer`, if any.

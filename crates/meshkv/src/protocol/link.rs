@@ -162,6 +162,12 @@ impl Link {
         self.send.is_some()
     }
 
+    /// Whether the peer's writes come to us on this link (decided by the
+    /// handshake; `false` before it).
+    pub fn receives(&self) -> bool {
+        self.recv.is_some()
+    }
+
     /// Whether our sending half finished its first catch-up (or we do not send).
     pub fn is_sender_live(&self) -> bool {
         self.send.as_ref().is_none_or(SendHalf::is_live)
