@@ -1,6 +1,7 @@
 //! Per-client limits answer with `BadRequest` and leave the session and the
 //! node serving: a `get_many` whose values would not fit one reply frame,
-//! and more watches than allowed.
+//! more watches than allowed, and a request larger than the node's frame
+//! limit (refused by the client, which learned the limit at the handshake).
 
 mod common;
 
@@ -33,4 +34,24 @@ async fn oversized_replies_and_extra_watches_are_refused() {
     // The session still serves.
     client.put("k", "v").await.expect("put after refusals");
     assert_eq!(client.get("k").await.expect("get").as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_nodes_frame_limit_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let cfg = NodeConfig { listen: common::loopback(), max_frame: 64 << 10, ..NodeConfig::default() };
+    let node = Node::start(db, cfg).await.expect("start");
+    // The client's own limit is the default, far above the node's.
+    let client = Client::connect(node.local_addr().expect("addr"), ClientOptions::default()).await.expect("connect");
+    assert_eq!(client.max_request_bytes(), 64 << 10);
+    let started = std::time::Instant::now();
+    let e = client.put("big", vec![1u8; 100 << 10]).await.expect_err("over the node's frame limit");
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused at once, not after re-sends");
+    // The connection was never dropped: the next request just works.
+    client.put("small", vec![1u8; 1 << 10]).await.expect("a request within the limit");
+    assert_eq!(node.db().get("small").expect("get").map(|v| v.len()), Some(1 << 10));
+    assert_eq!(node.db().get("big").expect("get"), None);
+    node.shutdown().await;
 }

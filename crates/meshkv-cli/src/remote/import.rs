@@ -14,9 +14,13 @@ use std::time::{Duration, Instant};
 
 /// Operations per `import` batch (fewer if they would exceed [`IMPORT_BATCH_BYTES`]).
 const IMPORT_BATCH_OPS: usize = 1000;
-/// Bytes of keys and values per `import` batch, well under the 17 MiB frame
-/// limit (a single larger operation goes alone).
+/// Bytes of keys and values per `import` batch, well under the default
+/// 17 MiB frame limit (a node with a smaller one gets smaller batches; a
+/// single larger operation goes alone).
 const IMPORT_BATCH_BYTES: usize = 8 << 20;
+/// What one operation adds to a batch's encoding beyond its key and value,
+/// at most.
+const OP_OVERHEAD: usize = 32;
 
 /// `meshkv import FILE|-`.
 #[derive(Debug, Args)]
@@ -27,8 +31,8 @@ pub struct ImportArgs {
 }
 
 /// `meshkv import`: loads JSON lines in batches of up to 1000 operations,
-/// each applied atomically; stops at the first bad line (earlier batches
-/// stay applied).
+/// each applied atomically; stops at the first bad line, with every line
+/// before it applied and none after.
 pub fn import(args: ImportArgs, target: Target) -> ExitCode {
     // Open the input first: a missing file is reported without contacting the node.
     let (input, total): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
@@ -52,6 +56,9 @@ async fn load(client: Client, input: Box<dyn Read>, total: Option<u64>) -> Resul
     let (mut line, mut line_no, mut bytes_read) = (String::new(), 0u64, 0u64);
     let (mut puts, mut deletes) = (0u64, 0u64);
     let mut batch = Pending::default();
+    // Within the node's frame limit, with room for the request's framing.
+    let limit = client.max_request_bytes();
+    let budget = IMPORT_BATCH_BYTES.min(limit.saturating_sub(limit / 8 + 1024));
     loop {
         line.clear();
         let n = reader.read_line(&mut line).with_context(|| format!("cannot read line {}", line_no + 1))?;
@@ -64,9 +71,21 @@ async fn load(client: Client, input: Box<dyn Read>, total: Option<u64>) -> Resul
         if text.is_empty() {
             continue;
         }
-        let (key, value) = parse_line(text).with_context(|| format!("line {line_no}"))?;
-        let size = key.len() + value.as_ref().map_or(0, Vec::len);
-        if !batch.ops.is_empty() && batch.bytes + size > IMPORT_BATCH_BYTES {
+        let (key, value) = match parse_line(text) {
+            Ok(kv) => kv,
+            Err(e) => {
+                // The lines before it are good: apply them, so the message
+                // says exactly what was applied.
+                batch.send(&client).await?;
+                let applied = match line_no {
+                    1 => "nothing was applied".to_string(),
+                    n => format!("lines 1-{} were applied, none after", n - 1),
+                };
+                return Err(e.context(format!("line {line_no}: not applied; {applied}")));
+            }
+        };
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + OP_OVERHEAD;
+        if !batch.ops.is_empty() && batch.bytes + size > budget {
             batch.send(&client).await?;
         }
         if batch.ops.is_empty() {
@@ -116,7 +135,11 @@ impl Pending {
         let ops = std::mem::take(&mut self.ops);
         self.bytes = 0;
         client.batch(ops).await.map_err(remote).with_context(|| {
-            format!("batch of lines {}-{} not applied (earlier lines were)", self.first_line, self.last_line)
+            let before = match self.first_line {
+                1 => "nothing was applied".to_string(),
+                n => format!("lines 1-{} were", n - 1),
+            };
+            format!("batch of lines {}-{} not applied ({before})", self.first_line, self.last_line)
         })?;
         Ok(())
     }

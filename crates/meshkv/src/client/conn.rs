@@ -9,6 +9,8 @@ use crate::protocol::{codec, CloseReason, Hello, Message, Mode, Role, MAGIC, PRO
 use crate::secure::{Security, Side};
 use crate::version::NodeId;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -17,6 +19,8 @@ use tokio::sync::mpsc;
 pub(crate) struct Connected {
     reader: FrameReader,
     writer: FrameWriter,
+    /// The largest frame the node accepts.
+    max_request: usize,
 }
 
 /// Requests are taken from callers only while less than this many bytes
@@ -24,6 +28,13 @@ pub(crate) struct Connected {
 const MAX_UNSENT: usize = 1 << 20;
 /// Commands taken from callers per write, at most.
 const MAX_BURST: usize = 256;
+
+impl Connected {
+    /// The largest frame the node accepts.
+    pub(crate) fn max_request(&self) -> usize {
+        self.max_request
+    }
+}
 
 /// Opens a connection, authenticates (with a secret) and performs the
 /// client handshake.
@@ -46,11 +57,17 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
             role: Role::Client,
             mode: Mode::Sync,
             policy: 0,
+            max_frame: opts.max_frame as u64,
         };
         writer.send(&Message::Hello(hello)).await.map_err(|_| lost())?;
         match reader.next().await {
             Some(Ok(Message::Hello(h))) if h.magic == MAGIC && h.version == PROTOCOL_VERSION => {
-                Ok(Connected { reader, writer })
+                let max_request = match usize::try_from(h.max_frame) {
+                    Ok(0) => codec::DEFAULT_MAX_FRAME,
+                    Ok(n) => n,
+                    Err(_) => usize::MAX,
+                };
+                Ok(Connected { reader, writer, max_request })
             }
             Some(Ok(Message::Close { reason })) => Err(refused(reason)),
             Some(Ok(other)) => {
@@ -81,12 +98,13 @@ pub(crate) async fn run(
     opts: ClientOptions,
     first: Connected,
     mut commands: mpsc::Receiver<Command>,
+    max_request: Arc<AtomicUsize>,
 ) {
     let mut state = InFlight::default();
     let mut conn = Some(first);
     let mut backoff = opts.reconnect_min;
     loop {
-        let Some(Connected { mut reader, mut writer }) = conn.take() else {
+        let Some(Connected { mut reader, mut writer, max_request: limit }) = conn.take() else {
             // Not connected: wait for work (without retry) or reconnect.
             if !opts.retry && !state.has_pending() {
                 match commands.recv().await {
@@ -110,6 +128,8 @@ pub(crate) async fn run(
             }
             continue;
         };
+        max_request.store(limit, Ordering::Relaxed);
+        state.set_max_request(limit);
         let mut out = Vec::new();
         state.resend(&mut out);
         // A ping goes out when nothing was sent for `every`; the timer is

@@ -53,11 +53,30 @@ pub(super) struct InFlight {
     watch_requests: HashMap<u64, u64>,
     /// The node's watch id -> local watch key (per connection).
     live_watches: HashMap<u64, u64>,
+    /// The node's frame limit (0 until connected).
+    max_request: usize,
 }
 
 impl InFlight {
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// The node's frame limit, from this connection's handshake.
+    pub(super) fn set_max_request(&mut self, limit: usize) {
+        self.max_request = limit;
+    }
+
+    /// Encodes a request into `out` unless its frame would exceed the
+    /// node's limit (the node would drop the connection, and a re-send
+    /// would meet the same fate): then `false`, and `out` is unchanged.
+    fn encode(&self, msg: &Message, out: &mut Vec<u8>) -> bool {
+        let before = out.len();
+        if codec::encode(msg, out) <= self.max_request {
+            return true;
+        }
+        out.truncate(before);
+        false
     }
 
     fn take_id(&mut self) -> u64 {
@@ -72,9 +91,13 @@ impl InFlight {
             Command::Call { request, reply } => {
                 // Encoded before it is kept for a re-send: no copy of its keys and values.
                 let msg = Message::Request { id: rid, request };
-                codec::encode(&msg, out);
+                let fits = self.encode(&msg, out);
                 let Message::Request { request, .. } = msg else { unreachable!("built above") };
-                self.pending.insert(rid, Pending { request, reply });
+                if fits {
+                    self.pending.insert(rid, Pending { request, reply });
+                } else {
+                    let _ = reply.send(Err(too_large(self.max_request)));
+                }
             }
             Command::Watch { range, events, reply } => {
                 self.unwatch_dropped(out);
@@ -108,8 +131,16 @@ impl InFlight {
         self.live_watches.clear();
         self.watch_requests.clear();
         self.pending.retain(|_, p| !p.reply.is_closed());
+        let mut too_big = Vec::new();
         for (rid, p) in &self.pending {
-            codec::encode(&Message::Request { id: *rid, request: p.request.clone() }, out);
+            if !self.encode(&Message::Request { id: *rid, request: p.request.clone() }, out) {
+                too_big.push(*rid);
+            }
+        }
+        for rid in too_big {
+            if let Some(p) = self.pending.remove(&rid) {
+                let _ = p.reply.send(Err(too_large(self.max_request)));
+            }
         }
         self.watches.retain(|_, w| !w.events.is_closed());
         let keys: Vec<u64> = self.watches.keys().copied().collect();
@@ -228,6 +259,13 @@ impl InFlight {
             }
         }
     }
+}
+
+fn too_large(limit: usize) -> super::Error {
+    crate::protocol::request::RemoteError::new(
+        crate::protocol::request::ErrorCode::BadRequest,
+        format!("the request exceeds the node's frame limit of {limit} bytes (nothing was sent)"),
+    )
 }
 
 /// Whether a request may be sent again on a new connection.

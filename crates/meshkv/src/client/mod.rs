@@ -19,6 +19,8 @@ use crate::protocol::request::{BatchOp, ErrorCode, RemoteError, Request, Respons
 use crate::storage::{KeyRange, ScanOptions};
 use crate::version::{Dot, NodeId};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -100,6 +102,8 @@ pub struct Client {
     tx: mpsc::Sender<Command>,
     retry: bool,
     timeout: Duration,
+    /// The node's frame limit, as its last handshake stated it.
+    max_request: Arc<AtomicUsize>,
 }
 
 impl Client {
@@ -110,8 +114,9 @@ impl Client {
         let (retry, timeout) = (options.retry, options.request_timeout);
         let first = conn::connect(addr, id, &options).await?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(conn::run(addr, id, options, first, rx));
-        Ok(Client { tx, retry, timeout })
+        let max_request = Arc::new(AtomicUsize::new(first.max_request()));
+        tokio::spawn(conn::run(addr, id, options, first, rx, Arc::clone(&max_request)));
+        Ok(Client { tx, retry, timeout, max_request })
     }
 
     pub(crate) async fn call(&self, request: Request) -> Result<Response> {
@@ -177,6 +182,13 @@ impl Client {
         self.tx.send(Command::Watch { range, events, reply }).await.map_err(|_| lost())?;
         done.await.map_err(|_| lost())??;
         Ok(rx)
+    }
+
+    /// The largest request the node takes, in encoded bytes (its frame
+    /// limit). A larger one is refused here with
+    /// [`ErrorCode::BadRequest`], without being sent.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request.load(Ordering::Relaxed)
     }
 
     /// The node's status.

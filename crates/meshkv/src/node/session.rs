@@ -91,6 +91,7 @@ pub(crate) async fn serve(
         role: Role::Peer,
         mode: crate::protocol::Mode::Sync,
         policy: ctx.db.options().policy.fingerprint(),
+        max_frame: ctx.max_frame as u64,
     };
     if out.send(&Message::Hello(ours)).await.is_err() {
         return;

@@ -82,6 +82,7 @@ mod tests {
             role: Role::Peer,
             mode: Mode::Sync,
             policy: 1,
+            max_frame: 0,
         })
     }
 

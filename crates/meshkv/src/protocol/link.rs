@@ -127,6 +127,7 @@ impl Link {
             role: Role::Peer,
             mode: cfg.mode,
             policy: db.options().policy.fingerprint(),
+            max_frame: 0,
         };
         let mut link = Link {
             db,

@@ -11,7 +11,8 @@ pub const MAGIC: [u8; 4] = *b"MKV1";
 /// Protocol version spoken by this build. 2: key-order catch-ups
 /// ([`CatchUpOrder`]) and typed resume points. 3: records in their storage
 /// encoding ([`Item::record`]). 4: peer exchange ([`Message::Peers`]). 5: clients
-/// stop watches ([`Request::Unwatch`](super::request::Request::Unwatch)).
+/// stop watches ([`Request::Unwatch`](super::request::Request::Unwatch)), and
+/// [`Hello::max_frame`].
 pub const PROTOCOL_VERSION: u16 = 5;
 /// Most addresses one [`Message::Peers`] may carry.
 pub const MAX_SHARED_PEERS: usize = 64;
@@ -66,6 +67,9 @@ pub struct Hello {
     pub mode: Mode,
     /// Fingerprint of the conflict policy; must match the peer's.
     pub policy: u64,
+    /// Largest frame the sender accepts (0: not stated). A node states
+    /// it to clients, which then refuse larger requests themselves.
+    pub max_frame: u64,
 }
 
 /// One key's record in a batch.

@@ -229,6 +229,7 @@ pub fn client_hello() -> meshkv::protocol::Message {
         role: Role::Client,
         mode: Mode::Sync,
         policy: 0,
+        max_frame: 0,
     })
 }
 
@@ -244,6 +245,7 @@ pub fn peer_hello(node: meshkv::NodeId, mode: meshkv::protocol::Mode) -> meshkv:
         role: Role::Peer,
         mode,
         policy: meshkv::ConflictPolicy::LastWriterWins.fingerprint(),
+        max_frame: 0,
     })
 }
 
