@@ -50,7 +50,7 @@ fn serve_on_a_port_in_use_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let r = run(&["serve", "--data", data.to_str().unwrap(), "--listen", &addr]);
-    r.fails(2, &format!("cannot listen on {addr}"));
+    r.fails(2, &format!("cannot listen on {addr} (peers and clients)"));
     assert!(r.stderr.to_lowercase().contains("in use"), "{r:?}");
     assert!(!r.stderr.contains("panicked"), "{r:?}");
 }

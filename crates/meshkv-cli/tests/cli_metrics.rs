@@ -33,5 +33,5 @@ fn serve_exposes_metrics_and_refuses_a_port_in_use() {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cmd = meshkv();
     cmd.args(["serve", "--data"]).arg(dir.path()).args(["--listen", &listen, "--metrics", &metrics]);
-    run_cmd(cmd, None).fails(2, &format!("cannot listen on {metrics}"));
+    run_cmd(cmd, None).fails(2, &format!("cannot listen on {metrics} (metrics)"));
 }

@@ -156,10 +156,12 @@ pub enum NodeEvent {
 pub enum NodeError {
     /// The listen address could not be bound (in use, not local, no
     /// permission). Nothing was started.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         /// The address.
         addr: SocketAddr,
+        /// What it was for: "peers and clients", "metrics" or "discovery".
+        what: &'static str,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -216,18 +218,19 @@ impl Node {
             }
             _ => {}
         }
+        let listen = |addr, what| move |source| NodeError::Listen { addr, what, source };
         let listener = match cfg.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?),
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(listen(addr, "peers and clients"))?),
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let metrics_listener = match cfg.metrics {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?),
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(listen(addr, "metrics"))?),
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let discovery_socket = match &cfg.discovery {
-            Some(d) => Some(discovery::bind(d).map_err(|source| NodeError::Listen { addr: d.bind, source })?),
+            Some(d) => Some(discovery::bind(d).map_err(listen(d.bind, "discovery"))?),
             None => None,
         };
         let discovery_addr = discovery_socket.as_ref().and_then(|s| s.local_addr().ok());
