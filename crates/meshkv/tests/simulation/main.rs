@@ -8,7 +8,9 @@
 //! - **time** is simulated milliseconds; every store's wall clock is a
 //!   [`SimClock`](params::SimClock) (the shared simulated time plus a per-node skew), so HLCs
 //!   are deterministic. Node ids are drawn from the seed too (`Options::new_node_id`), so a seed
-//!   replays the same run.
+//!   replays the same run. In one seed of three (`seed % 3 == 2`) every node but node 0 runs
+//!   3 minutes ahead of it, beyond the 60 s a clock adopts (the slow node's overwrites must still
+//!   order after what they supersede under last-writer-wins).
 //! - **connections** are a pair of `Link`s with one FIFO queue of bytes per
 //!   direction. Every message goes through `codec::encode`/`codec::decode`,
 //!   sometimes split into two pieces (partial frames). Each message gets a

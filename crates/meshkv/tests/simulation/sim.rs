@@ -54,10 +54,12 @@ impl Sim {
         let time = Arc::new(AtomicU64::new(0));
         let trace = std::env::var_os("MESHKV_SIM_TRACE").is_some();
         let mut nodes = Vec::new();
-        for &id in &ids {
+        for (i, &id) in ids.iter().enumerate() {
             let dir = store_dir();
-            let clock = Arc::new(SimClock { time: time.clone(), skew: AtomicU64::new(rng.random_range(0..=2_000)) });
-            nodes.push(Node { id, dir, clock, db: None, restart_at: 0 });
+            let skew_base = if i == 0 { 0 } else { p.far_skew_ms };
+            let skew = AtomicU64::new(skew_base + rng.random_range(0..=2_000));
+            let clock = Arc::new(SimClock { time: time.clone(), skew });
+            nodes.push(Node { id, dir, clock, skew_base, db: None, restart_at: 0 });
         }
         let n = p.nodes;
         let topology: BTreeSet<(usize, usize)> = match p.topology {
@@ -305,7 +307,8 @@ impl Sim {
         self.conns.retain(|c| c.side_of(i).is_none());
         if self.rng.random_bool(0.3) {
             // The wall clock may have been stepped, even backwards.
-            self.nodes[i].clock.skew.store(self.rng.random_range(0..=3_000), Ordering::Relaxed);
+            let skew = self.nodes[i].skew_base + self.rng.random_range(0..=3_000);
+            self.nodes[i].clock.skew.store(skew, Ordering::Relaxed);
         }
         self.open(i);
         self.log(|| format!("node {i} restarts"));

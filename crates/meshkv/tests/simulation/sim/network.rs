@@ -19,6 +19,8 @@ pub(super) struct Node {
     pub(super) id: NodeId,
     pub(super) dir: tempfile::TempDir,
     pub(super) clock: Arc<SimClock>,
+    /// Added to every skew this node's clock is given.
+    pub(super) skew_base: u64,
     pub(super) db: Option<Db>,
     /// When a crashed node comes back.
     pub(super) restart_at: u64,
