@@ -141,7 +141,7 @@ pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, 
         return;
     };
     match hello {
-        Ok(Message::Hello(hello)) if hello.role == Role::Client => {
+        Message::Hello(hello) if hello.role == Role::Client => {
             session::serve(&ctx, hello, frames, writer, addr, access).await;
         }
         _ if access == Access::ReadOnly => {
@@ -149,7 +149,7 @@ pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, 
             let _ = writer.send(&Message::Close { reason: CloseReason::Unauthorized }).await;
         }
         first => {
-            run_link(ctx, frames, writer, addr, cfg, false, Some(first)).await;
+            run_link(ctx, frames, writer, addr, cfg, false, Some(Ok(first))).await;
         }
     }
 }
@@ -158,6 +158,9 @@ pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, 
 enum Refusal {
     Handshake(EstablishError),
     NoHello,
+    /// The first frame did not decode (or decrypt): a replayed handshake,
+    /// or not a meshkv node or client.
+    BadFirstFrame(String),
 }
 
 impl std::fmt::Display for Refusal {
@@ -165,6 +168,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Handshake(e) => write!(f, "{e}"),
             Refusal::NoHello => f.write_str("closed before its first frame"),
+            Refusal::BadFirstFrame(e) => write!(f, "malformed first frame: {e}"),
         }
     }
 }
@@ -177,6 +181,9 @@ impl Refusal {
             Refusal::Handshake(EstablishError::Secure(
                 e @ (SecureError::WrongSecret | SecureError::NeedSecret | SecureError::UnexpectedPlain),
             )) => Some(format!("refused connection: {e}")),
+            // Through the same rate limit: a replayed handshake followed by
+            // garbage must not flood the log, nor reach a link.
+            Refusal::BadFirstFrame(e) => Some(format!("refused connection: malformed first frame: {e}")),
             _ => None,
         }
     }
@@ -185,7 +192,7 @@ impl Refusal {
 /// Largest first frame of an accepted connection.
 const FIRST_FRAME_LIMIT: usize = 64 * 1024;
 
-type Admitted = (FrameReader, FrameWriter, Access, Result<Message, String>);
+type Admitted = (FrameReader, FrameWriter, Access, Message);
 
 async fn admit(ctx: &ConnCtx, stream: TcpStream, proven: impl Fn()) -> Result<Admitted, Refusal> {
     let (mut frames, writer, access) =
@@ -194,7 +201,7 @@ async fn admit(ctx: &ConnCtx, stream: TcpStream, proven: impl Fn()) -> Result<Ad
     // The first frame is a small `Hello`: a socket still being admitted
     // cannot make the node buffer a full-size frame.
     frames.set_max_frame(FIRST_FRAME_LIMIT.min(ctx.max_frame));
-    let first = frames.next().await.ok_or(Refusal::NoHello)?;
+    let first = frames.next().await.ok_or(Refusal::NoHello)?.map_err(Refusal::BadFirstFrame)?;
     frames.set_max_frame(ctx.max_frame);
     Ok((frames, writer, access, first))
 }
