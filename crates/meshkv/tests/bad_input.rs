@@ -36,6 +36,31 @@ fn a_directory_holding_only_a_half_installed_marker_opens() {
     assert_eq!(db.get("k").expect("get"), Some(b"v".to_vec()));
 }
 
+/// A first open that crashed after creating the engine, before its marker
+/// was renamed into place, opens again with the same node id.
+#[test]
+fn a_first_open_that_crashed_before_its_marker_opens_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = Db::open(dir.path(), Options::default()).expect("open").node_id();
+    fs::rename(dir.path().join("MESHKV"), dir.path().join("MESHKV.tmp")).expect("rename");
+    let db = Db::open(dir.path(), Options::default()).expect("opens");
+    assert_eq!(db.node_id(), id);
+    drop(db);
+    assert!(dir.path().join("MESHKV").exists(), "the marker is in place now");
+}
+
+/// A store whose engine directory is gone is corrupt, not a new empty
+/// store with a new node id.
+#[test]
+fn a_marker_without_its_engine_is_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Db::open(dir.path(), Options::default()).expect("open").put("k", "v").expect("put");
+    fs::remove_dir_all(dir.path().join("engine")).expect("remove the engine");
+    let err = Db::open(dir.path(), Options::default()).err().expect("refused");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(format!("{err:?}").contains("engine directory is missing"), "{err:?}");
+}
+
 #[test]
 fn a_directory_with_other_files_is_not_a_store() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -100,9 +100,9 @@ impl Db {
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
         let opts = opts.normalized();
-        let older_format = prepare_dir(&path)?;
+        let found = prepare_dir(&path)?;
         let engine = open_engine(&path, &opts)?;
-        if older_format {
+        if found == Found::OlderFormat {
             install_marker(&path)?;
             tracing::info!(path = %path.display(), "upgraded the store's format marker to format 2");
         }
@@ -132,6 +132,10 @@ impl Db {
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
         let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id)?;
+        if found == Found::New {
+            // Last: a marker always names a store with an engine and an id.
+            install_marker(&path)?;
+        }
         let read_u64 = |k: &[u8]| -> Result<u64> {
             match meta.get(k).map_err(corrupt)? {
                 None => Ok(0),
@@ -325,37 +329,62 @@ fn read_vv(path: &Path, iter: fjall::Iter) -> Result<VersionVector> {
     Ok(vv)
 }
 
-/// Creates the directory and its marker, or checks an existing one.
-/// Returns whether the marker is of an older format to upgrade once the
-/// store is locked.
-fn prepare_dir(path: &Path) -> Result<bool> {
+/// What [`prepare_dir`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Store,
+    /// A store whose marker is of an older format, upgraded once it is locked.
+    OlderFormat,
+    /// No store yet: the marker is installed once the engine and the node
+    /// id exist.
+    New,
+}
+
+/// Creates the directory, or checks that it holds a store. A first open
+/// writes `MESHKV.tmp`, creates the engine and the node id, then renames
+/// the marker into place; a directory holding just what a first open that
+/// crashed left (the temporary marker, perhaps an engine) is opened as
+/// new. A marker without an engine directory is corruption: a new empty
+/// store with a new node id would silently replace the lost one.
+fn prepare_dir(path: &Path) -> Result<Found> {
     let io = |context: &str| io_error(path, context);
     fs::create_dir_all(path).map_err(io("cannot create data directory"))?;
     let marker = path.join(MARKER_FILE);
-    match fs::read(&marker) {
-        Ok(content) if content == MARKER_CONTENT.as_bytes() => Ok(false),
-        Ok(content) if content == MARKER_FORMAT_1.as_bytes() => Ok(true),
-        Ok(_) => Err(Error::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("{MARKER_FILE} marker has unknown content or format version"),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A first open that crashed before renaming its marker into
-            // place left only the temporary file: the store was never used.
-            let tmp = path.join(format!("{MARKER_FILE}.tmp"));
-            let mut entries = fs::read_dir(path)
-                .map_err(io("cannot list data directory"))?
-                .filter(|e| e.as_ref().map_or(true, |e| e.path() != tmp));
-            if entries.next().is_some() {
-                return Err(Error::NotAStore {
-                    path: path.to_path_buf(),
-                    reason: format!("the directory is not empty and has no {MARKER_FILE} marker"),
-                });
-            }
-            install_marker(path).map(|()| false)
+    let found = match fs::read(&marker) {
+        Ok(content) if content == MARKER_CONTENT.as_bytes() => Found::Store,
+        Ok(content) if content == MARKER_FORMAT_1.as_bytes() => Found::OlderFormat,
+        Ok(_) => {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("{MARKER_FILE} marker has unknown content or format version"),
+            })
         }
-        Err(e) => Err(io("cannot read marker in")(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::New,
+        Err(e) => return Err(io("cannot read marker in")(e)),
+    };
+    let engine = path.join(ENGINE_DIR);
+    if found != Found::New {
+        if !engine.is_dir() {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("the {ENGINE_DIR} directory is missing (deleted or not copied?)"),
+            });
+        }
+        return Ok(found);
     }
+    let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+    let started = tmp.exists();
+    let mut others = fs::read_dir(path)
+        .map_err(io("cannot list data directory"))?
+        .filter(|e| e.as_ref().map_or(true, |e| e.path() != tmp && !(started && e.path() == engine)));
+    if others.next().is_some() {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: format!("the directory is not empty and has no {MARKER_FILE} marker"),
+        });
+    }
+    write_marker(path, &tmp)?;
+    Ok(Found::New)
 }
 
 /// Maps an IO error in the data directory `path` to [`Error::Io`].
@@ -368,10 +397,17 @@ fn io_error(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> Error 
 fn install_marker(path: &Path) -> Result<()> {
     let io = |context: &str| io_error(path, context);
     let tmp = path.join(format!("{MARKER_FILE}.tmp"));
-    let mut f = fs::File::create(&tmp).map_err(io("cannot create marker in"))?;
+    write_marker(path, &tmp)?;
+    fs::rename(&tmp, path.join(MARKER_FILE)).map_err(io("cannot install marker in"))?;
+    fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
+}
+
+/// Writes the current marker's content to `file`, durably.
+fn write_marker(path: &Path, file: &Path) -> Result<()> {
+    let io = |context: &str| io_error(path, context);
+    let mut f = fs::File::create(file).map_err(io("cannot create marker in"))?;
     f.write_all(MARKER_CONTENT.as_bytes()).map_err(io("cannot write marker in"))?;
     f.sync_all().map_err(io("cannot sync marker in"))?;
-    fs::rename(&tmp, path.join(MARKER_FILE)).map_err(io("cannot install marker in"))?;
     fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
 }
 
