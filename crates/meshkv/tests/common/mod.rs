@@ -285,11 +285,16 @@ pub struct RawPeer {
 impl RawPeer {
     /// Connects and exchanges hellos (as a pushing peer with a fresh id).
     pub async fn connect(addr: SocketAddr) -> RawPeer {
+        RawPeer::connect_as(addr, meshkv::protocol::Mode::Push).await
+    }
+
+    /// Connects and exchanges hellos as a peer with a fresh id in `mode`.
+    pub async fn connect_as(addr: SocketAddr, mode: meshkv::protocol::Mode) -> RawPeer {
         use tokio::io::AsyncWriteExt;
         let node = meshkv::NodeId::random();
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut out = b"MKV1\x00".to_vec();
-        codec::encode(&peer_hello(node, meshkv::protocol::Mode::Push), &mut out);
+        codec::encode(&peer_hello(node, mode), &mut out);
         s.write_all(&out).await.expect("send hello");
         let mut peer = RawPeer { s, buf: Vec::new(), node };
         peer.fill(5).await;
