@@ -10,6 +10,7 @@
 //! Big-endian integers make the log sort by origin, then seq, so "what is
 //! new from origin `o` after seq `s`" is one range scan.
 
+use super::options::KEY_LEN_CEILING;
 use crate::version::{Dot, NodeId};
 use std::ops::Bound;
 
@@ -44,9 +45,19 @@ pub(crate) fn user_key(data: &[u8]) -> &[u8] {
 }
 
 /// Maps bounds on user keys to bounds on data-keyspace keys.
+/// The data-keyspace bounds of user-key bounds. A bound longer than any
+/// storable key is cut to one byte past the longest storable key: every
+/// storable key compares with the cut bound as with the whole one (their
+/// first difference, or the key's end, comes before the cut), and the
+/// engine refuses keys past 64 KiB.
 pub(crate) fn data_bounds(b: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    let map = |b: Bound<Vec<u8>>| b.map(|k| data_key(&k));
+    let map = |b: Bound<Vec<u8>>| b.map(|k| data_key(&k[..k.len().min(KEY_LEN_CEILING + 1)]));
     (map(b.0), map(b.1))
+}
+
+/// Whether `key` is too long to be stored (so it holds nothing).
+pub(crate) fn unstorable(key: &[u8]) -> bool {
+    key.len() > KEY_LEN_CEILING
 }
 
 /// Length of an encoded log key.

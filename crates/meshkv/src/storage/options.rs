@@ -38,6 +38,7 @@ pub struct Options {
     /// feed's memory: a replication batch is up to a few thousand records,
     /// and 256 commits of catch-up batches held about 130 MB on a receiver
     /// whose subscribers fell behind (BENCHMARKS.md, `bench replicate`).
+    /// Between 1 and 65 536 (the ring's slots are allocated up front).
     pub feed_capacity: usize,
     /// Block cache size in bytes (default 64 MiB).
     pub cache_bytes: u64,
@@ -114,7 +115,8 @@ impl Options {
     pub(crate) fn normalized(mut self) -> Self {
         self.max_key_len = self.max_key_len.clamp(1, KEY_LEN_CEILING);
         self.max_value_len = self.max_value_len.min(VALUE_LEN_CEILING);
-        self.feed_capacity = self.feed_capacity.max(1);
+        // The ring allocates its slots up front.
+        self.feed_capacity = self.feed_capacity.clamp(1, 1 << 16);
         self.memtable_bytes = self.memtable_bytes.max(1024 * 1024);
         self.ingest_min_records = self.ingest_min_records.max(1);
         self

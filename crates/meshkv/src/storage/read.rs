@@ -67,14 +67,16 @@ impl Db {
     /// The full record of `key` (including tombstones and siblings).
     pub fn get_record(&self, key: impl AsRef<[u8]>) -> Result<Option<Record>> {
         let key = key.as_ref();
+        if keys::unstorable(key) {
+            return Ok(None);
+        }
         self.inner.data.get(keys::data_key(key))?.map(|v| decode(key, &v)).transpose()
     }
 
     /// Iterates live entries, each read from one consistent point in time.
     pub fn scan(&self, opts: ScanOptions) -> Scan {
-        let bounds = opts.range.bounds();
-        let iter =
-            (!KeyRange::is_empty_range(&bounds.0, &bounds.1)).then(|| self.inner.data.range(keys::data_bounds(bounds)));
+        let bounds = keys::data_bounds(opts.range.bounds());
+        let iter = (!KeyRange::is_empty_range(&bounds.0, &bounds.1)).then(|| self.inner.data.range(bounds));
         Scan::new(iter, opts)
     }
 
@@ -107,14 +109,16 @@ impl Snapshot {
     /// The record of `key` in this snapshot.
     pub fn get_record(&self, key: impl AsRef<[u8]>) -> Result<Option<Record>> {
         let key = key.as_ref();
+        if keys::unstorable(key) {
+            return Ok(None);
+        }
         self.snap.get(&self.db.data, keys::data_key(key))?.map(|v| decode(key, &v)).transpose()
     }
 
     /// Iterates live entries of this snapshot.
     pub fn scan(&self, opts: ScanOptions) -> Scan {
-        let bounds = opts.range.bounds();
-        let iter = (!KeyRange::is_empty_range(&bounds.0, &bounds.1))
-            .then(|| self.snap.range(&self.db.data, keys::data_bounds(bounds)));
+        let bounds = keys::data_bounds(opts.range.bounds());
+        let iter = (!KeyRange::is_empty_range(&bounds.0, &bounds.1)).then(|| self.snap.range(&self.db.data, bounds));
         Scan::new(iter, opts)
     }
 
