@@ -48,7 +48,8 @@ async fn a_request_over_the_nodes_frame_limit_is_refused_before_it_is_sent() {
     let started = std::time::Instant::now();
     let e = client.put("big", vec![1u8; 100 << 10]).await.expect_err("over the node's frame limit");
     assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused at once, not after re-sends");
+    // Re-sending into dropped connections took the 30 s request timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once, not after re-sends");
     // The connection was never dropped: the next request just works.
     client.put("small", vec![1u8; 1 << 10]).await.expect("a request within the limit");
     assert_eq!(node.db().get("small").expect("get").map(|v| v.len()), Some(1 << 10));

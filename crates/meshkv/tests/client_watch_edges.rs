@@ -26,12 +26,15 @@ async fn a_watcher_that_falls_behind_gets_lagged() {
         batch.put(format!("k{i:05}").into_bytes(), b"v".to_vec());
     }
     node.db().write(batch).expect("write");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Read nothing until the buffer is full, then everything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut changes, mut lagged) = (0usize, 0usize);
-    while let Ok(ev) = watch.try_recv() {
-        match ev {
-            WatchEvent::Change { .. } => changes += 1,
-            WatchEvent::Lagged => lagged += 1,
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while changes < N && lagged == 0 {
+        match tokio::time::timeout_at(deadline, watch.recv()).await {
+            Ok(Some(WatchEvent::Change { .. })) => changes += 1,
+            Ok(Some(WatchEvent::Lagged)) => lagged += 1,
+            Ok(None) | Err(_) => break,
         }
     }
     assert!(

@@ -17,9 +17,13 @@ use tokio::net::TcpStream;
 const TIMEOUT_MS: u64 = 400;
 
 async fn node(security: &Security) -> (tempfile::TempDir, Node) {
+    node_with(security, TIMEOUT_MS).await
+}
+
+async fn node_with(security: &Security, timeout_ms: u64) -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), Options::default()).expect("open");
-    let link = LinkConfig { handshake_timeout_ms: TIMEOUT_MS, idle_timeout_ms: TIMEOUT_MS, ..LinkConfig::default() };
+    let link = LinkConfig { handshake_timeout_ms: timeout_ms, idle_timeout_ms: timeout_ms, ..LinkConfig::default() };
     let cfg = NodeConfig { listen: loopback(), link, security: security.clone(), ..NodeConfig::default() };
     (dir, Node::start(db, cfg).await.expect("start"))
 }
@@ -78,18 +82,22 @@ async fn an_authenticated_client_that_goes_quiet_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_keeps_its_connection_through_pauses() {
     let secret = Secret::generate();
-    let (_d, node) = node(&Security::with_secret(secret.clone())).await;
+    // A wide margin between the pings and the idle timeout: a stalled
+    // test process must not look like a silent client.
+    let timeout_ms = 2_000;
+    let (_d, node) = node_with(&Security::with_secret(secret.clone()), timeout_ms).await;
     let proxy = Proxy::start(node.local_addr().expect("addr")).await;
     let options = ClientOptions {
         secret: Some(secret),
-        keepalive: Duration::from_millis(TIMEOUT_MS / 4),
+        keepalive: Duration::from_millis(100),
         retry: false,
         ..ClientOptions::default()
     };
     let client = Client::connect(proxy.addr(), options).await.expect("connect");
-    for round in 0..3 {
+    for round in 0..2 {
         client.put(format!("k{round}"), "v").await.expect("put after a pause");
-        tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 2)).await;
+        // Longer than the idle timeout: only the pings keep it open.
+        tokio::time::sleep(Duration::from_millis(timeout_ms + 500)).await;
     }
     assert_eq!(proxy.accepted(), 1, "the client had to reconnect");
 }

@@ -69,9 +69,9 @@ async fn hit(addr: SocketAddr, bytes: &[u8], then: &[u8]) {
         // The node's preamble and Noise message 2 (5 + 2 + 48 bytes).
         let mut got = 0;
         while got < 55 {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got += n,
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return,
+                Ok(Ok(n)) => got += n,
             }
         }
         let _ = s.write_all(then).await;
