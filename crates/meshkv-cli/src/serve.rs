@@ -235,11 +235,11 @@ fn store_options(s: &Settings, max_frame: usize) -> Result<Options> {
         ..d
     };
     // A record must fit a frame to replicate (keys, value and version metadata).
-    if options.max_key_len + options.max_value_len + 64 * 1024 > max_frame {
+    let record = options.max_key_len.saturating_add(options.max_value_len);
+    if record.saturating_add(64 * 1024) > max_frame {
         bail!(
-            "limits: max_key_bytes + max_value_bytes ({}) leave no room for metadata in max_frame_bytes ({max_frame}); \
-             raise max_frame_bytes to at least their sum + 65536",
-            options.max_key_len + options.max_value_len
+            "limits: max_key_bytes + max_value_bytes ({record}) leave no room for metadata in max_frame_bytes ({max_frame}); \
+             raise max_frame_bytes to at least their sum + 65536"
         );
     }
     Ok(options)
@@ -281,6 +281,7 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
     cfg.discovery = s.discovery.as_deref().map(discovery).transpose()?;
     let options = store_options(&s, cfg.max_frame)?;
     let secured = cfg.security.is_enabled();
+    let idle_ms = cfg.link.idle_timeout_ms;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
@@ -305,6 +306,13 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
             tracing::info!("no cluster secret: listening on loopback only; connections are not authenticated");
         } else {
             tracing::warn!(%addr, "no cluster secret (--insecure): anyone who can reach this address can read and write");
+        }
+        if idle_ms < 3 * LinkConfig::default().ping_ms {
+            tracing::warn!(
+                idle_timeout_ms = idle_ms,
+                "peers keep links alive by their own settings: give every node this idle_timeout_ms, \
+                 or links to nodes with the default one will time out"
+            );
         }
         let reason = run_until_signal(&node).await?;
         tracing::info!(reason, "shutting down");

@@ -63,7 +63,7 @@ impl Admission {
             max_handshaking: max_handshaking.max(1),
             sets: Mutex::new(Sets::default()),
             next: AtomicU64::new(0),
-            established: Arc::new(Semaphore::new(max_connections.max(1))),
+            established: Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS))),
         })
     }
 

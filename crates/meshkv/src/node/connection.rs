@@ -83,6 +83,15 @@ pub(crate) struct Ended {
     pub handshaken: bool,
     /// Whether this connection became the peer's link (was announced).
     pub claimed: bool,
+    /// What our sending half knew the peer to cover when the link ended
+    /// (`None` if it did not send or was not the peer's link).
+    pub peer_vv: Option<crate::VersionVector>,
+}
+
+impl Ended {
+    fn before_handshake(reason: Option<CloseReason>) -> Self {
+        Ended { peer: None, reason, handshaken: false, claimed: false, peer_vv: None }
+    }
 }
 
 /// What the client-serving side of a node shares across connections.
@@ -213,7 +222,7 @@ pub(crate) async fn dialed(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cf
     let mut shutdown = ctx.shutdown.clone();
     let established = tokio::select! {
         res = establish => res,
-        _ = shutdown.changed() => return Ended { peer: None, reason: Some(CloseReason::Shutdown), handshaken: false, claimed: false },
+        _ = shutdown.changed() => return Ended::before_handshake(Some(CloseReason::Shutdown)),
     };
     match established {
         Ok(Ok((frames, writer, _))) => run_link(ctx, frames, writer, addr, cfg, true, None).await,
@@ -222,11 +231,11 @@ pub(crate) async fn dialed(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, cf
             if let EstablishError::Secure(_) = e {
                 let _ = ctx.events.send(NodeEvent::Error { addr, message: format!("cannot connect to peer: {e}") });
             }
-            Ended { peer: None, reason: None, handshaken: false, claimed: false }
+            Ended::before_handshake(None)
         }
         Err(_) => {
             tracing::debug!(%addr, "peer handshake timed out");
-            Ended { peer: None, reason: Some(CloseReason::Timeout), handshaken: false, claimed: false }
+            Ended::before_handshake(Some(CloseReason::Timeout))
         }
     }
 }
@@ -247,7 +256,7 @@ async fn run_link(
     let link = LinkIo { incoming, writer, received };
     let ended = drive(&ctx, link, first, addr, cfg, dialed, conn).await;
     reader.abort();
-    ctx.registry.release(conn);
+    ctx.registry.release(conn, ended.peer_vv.as_ref());
     // Only for a link that was the peer's, and only if no other took over.
     if let (Some(peer), true) = (ended.peer, ended.claimed) {
         if !ctx.registry.is_linked(peer) {
@@ -276,7 +285,7 @@ async fn drive(
 ) -> Ended {
     let LinkIo { incoming: mut in_rx, mut writer, received } = io;
     let mut bytes_sent = 0u64;
-    let tick_ms = cfg.ping_ms.clamp(10, 1_000);
+    let tick_ms = (cfg.ping_interval_ms() / 2).clamp(10, 1_000);
     // Subscribe before the link exists so no commit after its snapshot is missed.
     // Dropped at the handshake if the link turns out not to send.
     let mut feed = Some(ctx.db.subscribe(KeyRange::all()));
@@ -287,7 +296,7 @@ async fn drive(
     let mut shutdown = ctx.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
     let mut out = Vec::new();
-    let mut ended = Ended { peer: None, reason: None, handshaken: false, claimed: false };
+    let mut ended = Ended::before_handshake(None);
     let mut peer_gone = false;
     let mut lag = 0;
     let mut progress_logged = std::time::Instant::now();
@@ -471,6 +480,9 @@ async fn drive(
                 }
             }
         }
+    }
+    if ended.claimed {
+        ended.peer_vv = link.peer_vv().cloned();
     }
     ended
 }

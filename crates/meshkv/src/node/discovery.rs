@@ -3,8 +3,11 @@
 //! authentic announcement of another node of its cluster names an address
 //! to dial, which goes to the same task as peer-exchange lists
 //! (`node/exchange.rs`), with the same filters and bounds. Of each announcing
-//! node only announcements newer than the last one heard count, so replaying
-//! one (from a forged source address) leads nowhere.
+//! node and address to dial only announcements newer than the last one
+//! heard count, so replaying one leads nowhere new. The address counts too:
+//! an announcement of an unspecified IP is dialed at its datagram's source,
+//! and a replay from a forged source must not shadow the genuine copy (the
+//! forged target is forgotten when it does not answer).
 
 use super::connection::ConnCtx;
 use crate::protocol::announce::{Announcement, MAX_DATAGRAM};
@@ -137,7 +140,7 @@ pub(crate) async fn run(
                     }
                 };
                 match Announcement::open(&buf[..len], &secret, now_ms()) {
-                    Ok(a) if a.node != me && a.cluster == ctx.cluster && heard.newer(&a) => {
+                    Ok(a) if a.node != me && a.cluster == ctx.cluster && heard.newer(&a, a.dial_addr(from)) => {
                         // A full queue drops it; the next announcement comes soon.
                         let _ = learned.try_send(vec![a.dial_addr(from)]);
                     }
@@ -150,15 +153,17 @@ pub(crate) async fn run(
     }
 }
 
-/// The newest announcement time heard from each node, for at most
-/// [`super::exchange::MAX_LEARNED`] nodes at a time.
+/// The newest announcement time heard from each node at each address it
+/// is dialed at, for at most [`super::exchange::MAX_LEARNED`] such pairs.
 #[derive(Default)]
-struct Heard(HashMap<NodeId, u64>);
+struct Heard(HashMap<(NodeId, SocketAddr), u64>);
 
 impl Heard {
-    /// Whether `a` is newer than anything heard from its node (and notes it).
-    fn newer(&mut self, a: &Announcement) -> bool {
-        if !self.0.contains_key(&a.node) && self.0.len() >= super::exchange::MAX_LEARNED {
+    /// Whether `a`, leading to `dial`, is newer than anything heard from its
+    /// node for that address (and notes it).
+    fn newer(&mut self, a: &Announcement, dial: SocketAddr) -> bool {
+        let key = (a.node, dial);
+        if !self.0.contains_key(&key) && self.0.len() >= super::exchange::MAX_LEARNED {
             // Nodes silent for longer than an announcement stays fresh go first.
             let horizon = a.sent_ms.saturating_sub(2 * crate::protocol::announce::MAX_AGE_MS);
             self.0.retain(|_, sent| *sent >= horizon);
@@ -166,7 +171,7 @@ impl Heard {
                 return false;
             }
         }
-        let last = self.0.entry(a.node).or_insert(0);
+        let last = self.0.entry(key).or_insert(0);
         let newer = a.sent_ms > *last;
         *last = (*last).max(a.sent_ms);
         newer
@@ -197,14 +202,26 @@ mod tests {
         Announcement::new("c", NodeId(node), SocketAddr::from(([0, 0, 0, 0], 7420)), sent_ms)
     }
 
+    fn at(last_octet: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, last_octet], 7420))
+    }
+
     #[test]
     fn only_announcements_newer_than_the_last_one_of_their_node_count() {
         let mut heard = Heard::default();
-        assert!(heard.newer(&from(1, 100)));
-        assert!(!heard.newer(&from(1, 100)), "a replay");
-        assert!(!heard.newer(&from(1, 99)), "an older one");
-        assert!(heard.newer(&from(1, 101)));
-        assert!(heard.newer(&from(2, 50)), "another node");
+        assert!(heard.newer(&from(1, 100), at(1)));
+        assert!(!heard.newer(&from(1, 100), at(1)), "a replay");
+        assert!(!heard.newer(&from(1, 99), at(1)), "an older one");
+        assert!(heard.newer(&from(1, 101), at(1)));
+        assert!(heard.newer(&from(2, 50), at(1)), "another node");
+    }
+
+    #[test]
+    fn a_replay_leading_elsewhere_does_not_shadow_the_genuine_copy() {
+        let mut heard = Heard::default();
+        assert!(heard.newer(&from(1, 100), at(2)), "the replay from a forged source came first");
+        assert!(heard.newer(&from(1, 100), at(1)), "the genuine copy still counts");
+        assert!(!heard.newer(&from(1, 100), at(1)));
     }
 
     #[test]
@@ -212,11 +229,11 @@ mod tests {
         let mut heard = Heard::default();
         let max = crate::node::exchange::MAX_LEARNED as u64;
         for n in 0..max {
-            assert!(heard.newer(&from(n, 1_000)));
+            assert!(heard.newer(&from(n, 1_000), at(1)));
         }
-        assert!(!heard.newer(&from(max, 1_000)), "full of nodes heard just now");
+        assert!(!heard.newer(&from(max, 1_000), at(1)), "full of nodes heard just now");
         let later = 1_000 + 3 * crate::protocol::announce::MAX_AGE_MS;
-        assert!(heard.newer(&from(max, later)), "the silent ones made room");
+        assert!(heard.newer(&from(max, later), at(1)), "the silent ones made room");
         assert_eq!(heard.0.len(), 1);
     }
 }

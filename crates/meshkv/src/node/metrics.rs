@@ -161,7 +161,7 @@ impl Collector for NodeMetrics {
         )?;
         counter(&mut enc, "conflicts", "Concurrent writes settled by the conflict policy", db.conflict_count())?;
         gauge(&mut enc, "uptime_seconds", "Seconds since the node started", self.started.elapsed().as_secs_f64())?;
-        let peers = self.registry.statuses();
+        let peers = self.registry.statuses(&db.version_vector());
         let mut states = enc.encode_descriptor(
             "peer_state",
             "1 for each peer's current state (connecting, connected, live)",

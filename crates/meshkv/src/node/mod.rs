@@ -345,7 +345,7 @@ impl Node {
 
     /// Current connections and dial targets.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.registry.statuses()
+        self.registry.statuses(&self.ctx.db.version_vector())
     }
 
     /// Starts dialing `addr` (again) with the given link mode.

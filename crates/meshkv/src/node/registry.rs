@@ -2,7 +2,7 @@
 //! status for operators, and the addresses that turned out to be ourselves.
 
 use crate::protocol::{CloseReason, Mode};
-use crate::version::NodeId;
+use crate::version::{NodeId, VersionVector};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -37,6 +37,8 @@ pub struct PeerStatus {
     pub received: u64,
     /// Writes this node covers that the peer is not yet known to cover
     /// (what our sending half has not sent yet; 0 for receive-only links).
+    /// While a peer we dial is disconnected, counted against what it held
+    /// when its link closed.
     pub lag: u64,
     /// While a catch-up from the peer runs: records applied and an upper
     /// bound of the total.
@@ -108,6 +110,28 @@ struct Inner {
     /// Bumped whenever the addresses [`Registry::shared_addrs`] returns may
     /// have changed.
     generation: u64,
+    /// Peers we dial whose sending link closed: what they were known to
+    /// cover, and since when they lag.
+    away: HashMap<NodeId, Away>,
+}
+
+struct Away {
+    vv: VersionVector,
+    behind_since: Option<Instant>,
+}
+
+impl Inner {
+    /// Whether some dial target is known to lead to `peer`.
+    fn dials(&self, peer: NodeId) -> bool {
+        self.addr_ids.iter().any(|(addr, id)| *id == peer && self.dial.contains_key(addr))
+    }
+
+    /// Forgets the away peers no dial target leads to any more.
+    fn prune_away(&mut self) {
+        let dialed: HashSet<NodeId> =
+            self.addr_ids.iter().filter(|(addr, _)| self.dial.contains_key(*addr)).map(|(_, id)| *id).collect();
+        self.away.retain(|id, _| dialed.contains(id));
+    }
 }
 
 /// Outcome of registering a freshly handshaken connection.
@@ -173,6 +197,7 @@ impl Registry {
         if !keep_new {
             return Claim::Duplicate;
         }
+        g.away.remove(&peer);
         let old = g.links.insert(peer, (conn, dialed, Some(closer)));
         let replaced = old.is_some();
         if let Some((_, _, Some(close_old))) = old {
@@ -200,14 +225,21 @@ impl Registry {
         }
     }
 
-    pub fn release(&self, conn: u64) {
+    /// Forgets `conn`. If it was its peer's link and sent to it, `peer_vv`
+    /// is what the peer was known to cover: while we dial the peer again,
+    /// its lag is counted against that.
+    pub fn release(&self, conn: u64, peer_vv: Option<&VersionVector>) {
         let mut g = self.lock();
-        g.status.remove(&conn);
+        let status = g.status.remove(&conn);
         let gone: Vec<NodeId> = g.links.iter().filter(|(_, (c, _, _))| *c == conn).map(|(p, _)| *p).collect();
         for peer in gone {
             g.links.remove(&peer);
             g.listen.remove(&peer);
             g.generation += 1;
+            if let (Some(vv), true) = (peer_vv, g.dials(peer)) {
+                let behind_since = status.as_ref().and_then(|s| s.behind_since);
+                g.away.insert(peer, Away { vv: vv.clone(), behind_since });
+            }
         }
     }
 
@@ -270,6 +302,7 @@ impl Registry {
         if g.learned.remove(&addr) {
             g.dial.remove(&addr);
             g.addr_ids.remove(&addr);
+            g.prune_away();
         }
     }
 
@@ -277,11 +310,14 @@ impl Registry {
         self.lock().links.contains_key(&peer)
     }
 
-    /// Live connections, plus configured peers that are not connected now.
-    /// A peer is shown where it accepts connections when that is known (it
-    /// said so, or we dial it there), not at an inbound connection's port.
-    pub fn statuses(&self) -> Vec<PeerStatus> {
-        let g = self.lock();
+    /// Live connections, plus configured peers that are not connected now
+    /// (lagging by what `ours` holds beyond what they were last known to
+    /// hold). A peer is shown where it accepts connections when that is
+    /// known (it said so, or we dial it there), not at an inbound
+    /// connection's port.
+    pub fn statuses(&self, ours: &VersionVector) -> Vec<PeerStatus> {
+        let mut guard = self.lock();
+        let g = &mut *guard;
         let dialed_at = |id: NodeId| g.dial.keys().filter(|a| g.addr_ids.get(*a) == Some(&id)).min().copied();
         let mut v: Vec<_> = g
             .status
@@ -294,7 +330,15 @@ impl Registry {
         for addr in g.dial.keys() {
             let connected = g.addr_ids.get(addr).is_some_and(|id| g.links.contains_key(id));
             if !connected && !g.own_addrs.contains(addr) && !v.iter().any(|s| s.addr == *addr) {
-                v.push(PeerStatus::new(*addr, g.addr_ids.get(addr).copied()));
+                let id = g.addr_ids.get(addr).copied();
+                let mut s = PeerStatus::new(*addr, id);
+                if let Some(away) = id.and_then(|id| g.away.get_mut(&id)) {
+                    s.lag = ours.beyond(&away.vv);
+                    away.behind_since =
+                        if s.lag == 0 { None } else { away.behind_since.or_else(|| Some(Instant::now())) };
+                    s.behind_since = away.behind_since;
+                }
+                v.push(s);
             }
         }
         v.sort_by_key(|s| (s.addr, s.node_id));
@@ -346,6 +390,7 @@ impl Registry {
         let mut g = self.lock();
         g.learned.remove(&addr);
         g.dial.remove(&addr);
+        g.prune_away();
     }
 
     /// The mode the dial loop holding `token` dials `addr` with, or `None`
@@ -383,7 +428,7 @@ mod tests {
     fn lag_start_is_kept_until_caught_up() {
         let r = Registry::new();
         let conn = r.new_connection(SocketAddr::from(([127, 0, 0, 1], 1)));
-        let status = |r: &Registry| r.statuses().into_iter().next().expect("one connection");
+        let status = |r: &Registry| r.statuses(&VersionVector::new()).into_iter().next().expect("one connection");
         r.set_counts(conn, LinkCounts { lag: 3, ..LinkCounts::default() });
         let since = status(&r).behind_since.expect("lagging");
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -393,5 +438,34 @@ mod tests {
         assert_eq!((status(&r).behind_since, status(&r).bytes_sent), (None, 9));
         r.set_counts(conn, LinkCounts { lag: 1, ..LinkCounts::default() });
         assert!(status(&r).behind_since.expect("lagging again") > since);
+    }
+
+    /// A dialed peer whose link closed keeps lagging by what we write while
+    /// it is away, from the lag it had, until we stop dialing it.
+    #[test]
+    fn a_dialed_peer_that_went_away_lags_by_what_it_misses() {
+        let r = Registry::new();
+        let (me, peer) = (NodeId(1), NodeId(2));
+        let addr = SocketAddr::from(([127, 0, 0, 1], 2));
+        let token = r.set_dial(addr, Mode::Sync).expect("new target");
+        let conn = r.new_connection(addr);
+        r.learn(addr, peer);
+        assert!(matches!(r.claim(me, peer, conn, Some(addr), oneshot::channel().0), Claim::Keep { .. }));
+        r.set_counts(conn, LinkCounts { lag: 1, ..LinkCounts::default() });
+        let since = r.statuses(&VersionVector::new())[0].behind_since.expect("lagging");
+        let held: VersionVector = [(me, 4)].into_iter().collect();
+        r.release(conn, Some(&held));
+
+        let ours: VersionVector = [(me, 5)].into_iter().collect();
+        let away = r.statuses(&ours);
+        assert_eq!((away.len(), away[0].state, away[0].node_id), (1, PeerState::Connecting, Some(peer)));
+        assert_eq!((away[0].lag, away[0].behind_since), (1, Some(since)), "the same stretch of lag goes on");
+        let ours: VersionVector = [(me, 9), (NodeId(3), 2)].into_iter().collect();
+        assert_eq!(r.statuses(&ours)[0].lag, 7);
+
+        r.remove_dial(addr);
+        assert!(r.dial_mode(addr, token).is_none());
+        assert!(r.statuses(&ours).is_empty());
+        assert!(r.lock().away.is_empty(), "nothing kept for a peer no longer dialed");
     }
 }

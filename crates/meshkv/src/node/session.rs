@@ -505,7 +505,7 @@ impl Session<'_> {
         let peers = self
             .ctx
             .registry
-            .statuses()
+            .statuses(&vv)
             .into_iter()
             .map(|p| PeerInfo {
                 addr: p.addr.to_string(),

@@ -26,12 +26,23 @@ pub struct LinkConfig {
     /// Feed commits queued while the window is full before falling back to a
     /// new catch-up (default 1024; at most 64 MiB of them).
     pub queue: usize,
-    /// Send a ping after this much silence, ms (default 5 000).
+    /// Send a ping after this much silence, ms (default 5 000; at most a
+    /// third of `idle_timeout_ms` is used).
     pub ping_ms: u64,
-    /// Close after hearing nothing for this long, ms (default 30 000).
+    /// Close after hearing nothing for this long, ms (default 30 000). The
+    /// peer pings by its own settings, so give every node the same value
+    /// (or keep it above three of the peers' ping intervals).
     pub idle_timeout_ms: u64,
     /// Close if the handshake is not done within this, ms (default 10 000).
     pub handshake_timeout_ms: u64,
+}
+
+impl LinkConfig {
+    /// How long a link stays silent before pinging: `ping_ms`, shortened so
+    /// that a peer with our idle timeout hears from us three times within it.
+    pub fn ping_interval_ms(&self) -> u64 {
+        self.ping_ms.min(self.idle_timeout_ms / 3).max(1)
+    }
 }
 
 impl Default for LinkConfig {
@@ -189,12 +200,13 @@ impl Link {
     /// Writes this node covers that the peer is not yet known to cover:
     /// what our sending half has still to send (0 if we do not send).
     pub fn lag(&self, ours: &crate::VersionVector) -> u64 {
-        match &self.send {
-            Some(send) => {
-                ours.iter().map(|(o, s)| s.saturating_sub(send.peer_vv().get(o))).fold(0, u64::saturating_add)
-            }
-            None => 0,
-        }
+        self.peer_vv().map_or(0, |peer| ours.beyond(peer))
+    }
+
+    /// What our sending half knows the peer to cover (`None` if we do not
+    /// send).
+    pub fn peer_vv(&self) -> Option<&crate::VersionVector> {
+        self.send.as_ref().map(|send| send.peer_vv())
     }
 
     /// Handles one message from the peer.
@@ -357,7 +369,7 @@ impl Link {
         let ping_queued = self.outbox.iter().any(|m| matches!(m, Message::Ping));
         if matches!(self.state, State::Open)
             && !ping_queued
-            && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.ping_ms
+            && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.ping_interval_ms()
         {
             self.outbox.push_back(Message::Ping);
         }

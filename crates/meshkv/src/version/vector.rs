@@ -51,6 +51,12 @@ impl VersionVector {
         other.0.iter().all(|&(o, s)| self.get(o) >= s)
     }
 
+    /// How many writes `self` covers beyond `other` (a peer's lag behind
+    /// us), counting gaps; saturates.
+    pub fn beyond(&self, other: &VersionVector) -> u64 {
+        self.0.iter().map(|&(o, s)| s.saturating_sub(other.get(o))).fold(0, u64::saturating_add)
+    }
+
     /// `(origin, seq)` pairs in origin order.
     pub fn iter(&self) -> impl Iterator<Item = (NodeId, Seq)> + '_ {
         self.0.iter().copied()
@@ -98,6 +104,16 @@ impl fmt::Display for VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beyond_counts_what_the_other_misses() {
+        let (a, b, c) = (NodeId(1), NodeId(2), NodeId(3));
+        let ours: VersionVector = [(a, 5), (b, 2)].into_iter().collect();
+        let peer: VersionVector = [(a, 3), (b, 4), (c, 9)].into_iter().collect();
+        assert_eq!(ours.beyond(&peer), 2, "a's 4 and 5; b and c are ahead on the peer");
+        assert_eq!(ours.beyond(&VersionVector::new()), 7);
+        assert_eq!(ours.beyond(&ours), 0);
+    }
 
     #[test]
     fn raise_join_and_dominates() {
