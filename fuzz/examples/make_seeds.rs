@@ -21,6 +21,8 @@ fn main() {
     for (i, msg) in messages.iter().enumerate() {
         let mut frame = Vec::new();
         codec::encode(msg, &mut frame);
+        let decoded = codec::decode(&frame, codec::DEFAULT_MAX_FRAME);
+        assert!(matches!(decoded, Ok(Some((_, n))) if n == frame.len()), "seed {i} must decode: {decoded:?}");
         write(&root.join("message_decode"), i, &frame[codec::HEADER_LEN..]);
         // frame_decode: a split byte, then the frame.
         write(&root.join("frame_decode"), i, &[&[(frame.len() / 2) as u8], &frame[..]].concat());
@@ -95,6 +97,7 @@ fn messages() -> Vec<Message> {
         role: Role::Peer,
         mode: Mode::Sync,
         policy: 1,
+        max_frame: codec::DEFAULT_MAX_FRAME as u64,
     };
     let ops = vec![BatchOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }, BatchOp::Delete { key: b"d".to_vec() }];
     let out = vec![
@@ -131,6 +134,8 @@ fn messages() -> Vec<Message> {
         Message::Request { id: 5, request: Request::ScanMore { cursor: 1 } },
         Message::Request { id: 6, request: Request::Watch { range: KeyRange::all() } },
         Message::Request { id: 7, request: Request::Status },
+        Message::Request { id: 8, request: Request::ScanClose { cursor: 1 } },
+        Message::Request { id: 9, request: Request::Unwatch { watch: 1 } },
         Message::Reply { id: 1, result: Ok(Response::Value(Some(b"one".to_vec().into()))) },
         Message::Watch { watch: 1, key: b"alpha".to_vec(), value: None },
         Message::WatchLagged { watch: 1, missed: 3 },
