@@ -61,6 +61,33 @@ fn a_marker_without_its_engine_is_corrupt() {
     assert!(format!("{err:?}").contains("engine directory is missing"), "{err:?}");
 }
 
+/// Parts of the engine lost (a partial copy or restore) make the store
+/// corrupt; the engine would otherwise create the missing keyspace afresh
+/// and the store would open without its data, or under a new node id.
+#[test]
+fn a_store_missing_an_engine_keyspace_is_corrupt() {
+    let damages = ["engine/keyspaces", "engine/keyspaces/1", "engine/keyspaces/2", "engine/keyspaces/3"];
+    for damaged in damages {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = || Options { memtable_bytes: 1 << 20, ..Options::default() };
+        {
+            let db = Db::open(dir.path(), small()).expect("create");
+            for i in 0..3000u32 {
+                db.put(i.to_be_bytes(), vec![i as u8; 1000]).expect("put");
+            }
+        }
+        fs::remove_dir_all(dir.path().join(damaged)).expect("damage");
+        match Db::open(dir.path(), small()) {
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => panic!("{damaged} removed: expected Corrupt, got {e}"),
+            Ok(db) => panic!(
+                "{damaged} removed: opened with {} of 3000 keys",
+                db.scan(meshkv::ScanOptions::default()).count()
+            ),
+        }
+    }
+}
+
 #[test]
 fn a_directory_with_other_files_is_not_a_store() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -88,6 +88,33 @@ fn observed_remote_timestamps_survive_a_restart() {
     assert_eq!(db.version_vector().get(db.node_id()), 1);
 }
 
+/// A record first too far ahead to adopt, delivered again once the clock
+/// is close enough: that apply changes nothing but moves the clock, which
+/// a restart must keep.
+#[test]
+fn timestamps_adopted_by_an_apply_that_changes_nothing_survive_a_restart() {
+    let now = 1_700_000_000_000;
+    let clock = Arc::new(SettableClock(AtomicU64::new(now)));
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let src = Db::open(src_dir.path(), options(&clock)).expect("open source");
+    src.put("remote", "v").expect("put");
+    let records = all_records(&src);
+    let remote_hlc = records[0].1.max_hlc().0;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let behind = Arc::new(SettableClock(AtomicU64::new(now - 90_000)));
+    {
+        let db = Db::open(dir.path(), options(&behind)).expect("open receiver");
+        db.apply(records.clone(), None).expect("apply");
+        behind.0.store(now - 50_000, Ordering::SeqCst);
+        let again = db.apply(records, None).expect("apply again");
+        assert_eq!(again.changed, 0);
+    }
+    let db = Db::open(dir.path(), options(&behind)).expect("reopen receiver");
+    db.put("local", "v").expect("put");
+    assert!(hlc_of(&db, "local") > remote_hlc, "the clock went back below a timestamp it had adopted");
+}
+
 #[test]
 fn vv_stays_exact_when_a_remote_write_supersedes_the_newest_own_one() {
     let clock = Arc::new(SettableClock(AtomicU64::new(1_000_000)));

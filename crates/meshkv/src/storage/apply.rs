@@ -159,10 +159,12 @@ impl Db {
             max_own_seq = max_own_seq.max(seq);
         }
         if touched.is_empty() && raise.is_empty() && ctx.resume.is_none() {
+            inner.persist_hlc(&mut w)?;
             return Ok(report);
         }
         if max_own_seq >= IMPOSSIBLE_OWN_SEQ {
             // Taking it would wrap `next_seq` and reuse seqs peers cover.
+            inner.persist_hlc(&mut w)?;
             return Err(Error::ImpossibleOwnSeq { seq: max_own_seq });
         }
         if max_own_seq >= w.next_seq {

@@ -27,6 +27,8 @@ const MARKER_CONTENT: &str = "meshkv store\nformat 2\n";
 /// one upgrades the marker, so that older builds refuse the blocks to come.
 const MARKER_FORMAT_1: &str = "meshkv store\nformat 1\n";
 const ENGINE_DIR: &str = "engine";
+/// The engine keyspaces every store has from its first open on.
+const KEYSPACES: [&str; 3] = ["data", "log", "meta"];
 /// Sequence numbers reserved (durably) ahead of use. After a crash the node
 /// continues above the reservation, so no seq is ever handed out twice. Each
 /// reservation `fdatasync`s everything buffered, so it is large; a clean
@@ -107,6 +109,17 @@ impl Db {
             tracing::info!(path = %path.display(), "upgraded the store's format marker to format 2");
         }
         let corrupt = |e: fjall::Error| Error::Corrupt { path: path.clone(), detail: format!("{e:?}") };
+        if found != Found::New {
+            // The engine would create a missing keyspace afresh: a store
+            // whose files were lost would open empty, under a new node id.
+            let present = engine.list_keyspace_names();
+            if let Some(missing) = KEYSPACES.iter().find(|name| !present.iter().any(|p| p.as_ref() == **name)) {
+                return Err(Error::Corrupt {
+                    path,
+                    detail: format!("the engine's `{missing}` keyspace is missing (files deleted or not copied?)"),
+                });
+            }
+        }
         // The engine stores these sizes with a keyspace when it creates it
         // and uses the stored ones from then on.
         let memtable = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
@@ -131,7 +144,7 @@ impl Db {
             .map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
-        let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id)?;
+        let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id, found == Found::New)?;
         if found == Found::New {
             // Last: a marker always names a store with an engine and an id.
             install_marker(&path)?;
@@ -453,6 +466,7 @@ fn load_or_create_node_id(
     meta: &Keyspace,
     data: &Keyspace,
     requested: Option<NodeId>,
+    new_store: bool,
 ) -> Result<NodeId> {
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
     if let Some(v) = meta.get(keys::META_NODE_ID)? {
@@ -463,6 +477,10 @@ fn load_or_create_node_id(
     }
     if !data.is_empty()? {
         return Err(corrupt("node id is missing but the store holds data".into()));
+    }
+    if !new_store {
+        // The marker is written after the id: a store that has one had an id.
+        return Err(corrupt("node id is missing".into()));
     }
     let id = requested.filter(|id| id.0 != 0).unwrap_or_else(NodeId::random);
     meta.insert(keys::META_NODE_ID, keys::u64_value(id.0))?;

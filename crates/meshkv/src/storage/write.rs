@@ -257,6 +257,20 @@ impl Inner {
         ceiling
     }
 
+    /// Persists the HLC ceiling on its own if the clock passed it without a
+    /// commit (an apply that changed nothing still adopted timestamps), so
+    /// a restart cannot take the clock back below them.
+    pub(crate) fn persist_hlc(&self, w: &mut WriterState) -> Result<()> {
+        if w.clock.last() <= w.hlc_ceiling {
+            return Ok(());
+        }
+        let mut batch = self.batch(1);
+        let ceiling = self.reserve_hlc(w, &mut batch);
+        batch.commit()?;
+        w.hlc_ceiling = ceiling;
+        Ok(())
+    }
+
     /// Publishes a commit on the change feed (under the writer lock, so feed
     /// order is commit order).
     pub(crate) fn publish(&self, w: &mut WriterState, source: Source, from: Option<NodeId>, changes: Vec<Change>) {
