@@ -4,8 +4,9 @@
 
 mod cli_support;
 
-use cli_support::{free_port, meshkv, run, run_cmd, Server};
+use cli_support::{eventually, free_port, meshkv, run, run_cmd, ChildGuard, Server};
 use std::net::TcpListener;
+use std::process::Stdio;
 
 #[test]
 fn node_down_exits_2_with_a_clear_error() {
@@ -127,4 +128,35 @@ fn sigterm_shuts_down_gracefully_and_keeps_the_data() {
     drop(s);
     let s = Server::start_on(&data, &[]);
     assert_eq!(s.run(&["get", "kept"]).ok(), "yes");
+}
+
+/// A node at its connection limit answers that it is full: the message
+/// says so, without suggesting the node is not running.
+#[test]
+fn a_full_node_is_reported_as_busy_not_as_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[limits]\nmax_connections = 1\n").unwrap();
+    let s = Server::start(&["--config", config.to_str().unwrap()]);
+    // A watch holds the only slot once it is up (restarted if one of the
+    // gets below took the slot first).
+    let watch = || {
+        let mut cmd = meshkv();
+        cmd.args(["--node", &s.addr, "watch"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        ChildGuard(cmd.spawn().unwrap())
+    };
+    let mut w = watch();
+    let mut last = None;
+    eventually(30, "a client refused as over the limit", || {
+        if w.0.try_wait().unwrap().is_some() {
+            w = watch();
+        }
+        let r = s.run(&["get", "k"]);
+        let refused = r.code() == Some(2) && r.stderr.contains("connection limit");
+        last = Some(r);
+        refused
+    });
+    let r = last.unwrap();
+    assert!(r.stderr.contains("is busy"), "{}", r.stderr);
+    assert!(!r.stderr.contains("running there?"), "suggests the node is down: {}", r.stderr);
 }

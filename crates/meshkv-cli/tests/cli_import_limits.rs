@@ -51,3 +51,43 @@ fn a_malformed_line_leaves_the_lines_before_it_applied() {
     assert!(r.stderr.contains("lines 1-2 were applied, none after"), "{}", r.stderr);
     assert_eq!(s.run(&["scan"]).ok().lines().count(), 2, "both good lines applied");
 }
+
+/// A line that is not UTF-8 (a Latin-1 byte) is a malformed line like any
+/// other: the lines before it are applied (they were dropped with the
+/// batch being built).
+#[test]
+fn a_line_that_is_not_utf8_leaves_the_lines_before_it_applied() {
+    let s = Server::start(&[]);
+    let mut input = b"{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":\"2\"}\n".to_vec();
+    input.extend_from_slice(b"{\"key\":\"caf\xe9\",\"value\":\"latin-1\"}\n{\"key\":\"d\",\"value\":\"4\"}\n");
+    let r = s.run_with(&["import", "-"], Some(&input));
+    r.fails(2, "line 3");
+    assert!(r.stderr.contains("not valid UTF-8"), "{}", r.stderr);
+    assert!(r.stderr.contains("lines 1-2 were applied, none after"), "{}", r.stderr);
+    assert_eq!(s.run(&["scan"]).ok(), "a\t1\nb\t2\n");
+}
+
+/// A record the node refuses (a key over `max_key_bytes`) is named by its
+/// line, with the lines before it in the same batch applied.
+#[test]
+fn a_refused_record_is_named_by_its_line() {
+    let s = Server::start(&[]);
+    let big = "k".repeat(20_000);
+    let input = format!(
+        "{{\"key\":\"a\",\"value\":\"1\"}}\n{{\"key\":\"b\",\"value\":\"2\"}}\n{{\"key\":\"{big}\",\"value\":\"3\"}}\n{{\"key\":\"d\",\"value\":\"4\"}}\n"
+    );
+    let r = s.run_with(&["import", "-"], Some(input.as_bytes()));
+    r.fails(2, "line 3: not applied; lines 1-2 were applied, none after");
+    assert!(r.stderr.contains("20000"), "the cause is not given: {}", r.stderr);
+    assert_eq!(s.run(&["scan"]).ok(), "a\t1\nb\t2\n");
+}
+
+/// A file saved with a UTF-8 byte-order mark (Windows editors, PowerShell)
+/// imports whole.
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let s = Server::start(&[]);
+    let input = "\u{feff}{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":\"2\"}\n";
+    s.run_with(&["import", "-"], Some(input.as_bytes())).ok();
+    assert_eq!(s.run(&["scan"]).ok(), "a\t1\nb\t2\n");
+}

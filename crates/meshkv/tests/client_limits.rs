@@ -1,7 +1,8 @@
 //! Per-client limits answer with `BadRequest` and leave the session and the
 //! node serving: a `get_many` whose values would not fit one reply frame,
-//! more watches than allowed, and a request larger than the node's frame
-//! limit (refused by the client, which learned the limit at the handshake).
+//! more watches than allowed, a request larger than the node's frame
+//! limit (refused by the client, which learned the limit at the handshake),
+//! and a value larger than the client's own frame limit.
 
 mod common;
 
@@ -54,5 +55,41 @@ async fn a_request_over_the_nodes_frame_limit_is_refused_before_it_is_sent() {
     client.put("small", vec![1u8; 1 << 10]).await.expect("a request within the limit");
     assert_eq!(node.db().get("small").expect("get").map(|v| v.len()), Some(1 << 10));
     assert_eq!(node.db().get("big").expect("get"), None);
+    node.shutdown().await;
+}
+
+/// A node allowing larger frames than its client holds a value the client
+/// cannot read: `get` and `scan` answer `BadRequest` (the node used to send
+/// the frame, the client dropped the connection and re-sent the request
+/// until it timed out), a watch reports the change as missed, and the
+/// session goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_beyond_the_clients_frame_limit_are_refused_not_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let cfg = NodeConfig { listen: common::loopback(), max_frame: 8 << 20, ..NodeConfig::default() };
+    let node = Node::start(db.clone(), cfg).await.expect("start");
+    let options = ClientOptions { max_frame: 1 << 20, ..ClientOptions::default() };
+    let client = Client::connect(node.local_addr().expect("addr"), options).await.expect("connect");
+    let mut watch = client.watch(KeyRange::prefix("big")).await.expect("watch");
+
+    db.put("big", vec![7u8; 2 << 20]).expect("put");
+    let started = std::time::Instant::now();
+    let e = client.get("big").await.expect_err("a 2 MiB value to a client reading 1 MiB frames");
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused only after {:?}", started.elapsed());
+    let mut scan = client.scan(meshkv::ScanOptions::default(), 100);
+    let e = scan.next().await.expect("an answer").expect_err("a scan over the value");
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.recv()).await.expect("an event");
+    assert_eq!(event, Some(meshkv::client::WatchEvent::Lagged));
+
+    db.put("big-small", "v").expect("put");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.recv()).await.expect("an event");
+    assert_eq!(
+        event,
+        Some(meshkv::client::WatchEvent::Change { key: b"big-small".to_vec(), value: Some(b"v".to_vec()) })
+    );
+    assert_eq!(client.get("big-small").await.expect("get").as_deref(), Some(&b"v"[..]));
     node.shutdown().await;
 }

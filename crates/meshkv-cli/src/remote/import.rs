@@ -2,11 +2,11 @@
 
 use super::{client_command, fail, remote, Target};
 use crate::encoding::parse_line;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use meshkv::client::Client;
-use meshkv::protocol::BatchOp;
+use meshkv::protocol::{BatchOp, ErrorCode};
 use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +53,7 @@ async fn load(client: Client, input: Box<dyn Read>, total: Option<u64>) -> Resul
     let started = Instant::now();
     let bar = progress_bar(total);
     let mut reader = BufReader::with_capacity(1 << 20, input);
-    let (mut line, mut line_no, mut bytes_read) = (String::new(), 0u64, 0u64);
+    let (mut line, mut line_no, mut bytes_read) = (Vec::new(), 0u64, 0u64);
     let (mut puts, mut deletes) = (0u64, 0u64);
     let mut batch = Pending::default();
     // Within the node's frame limit, with room for the request's framing.
@@ -61,37 +61,40 @@ async fn load(client: Client, input: Box<dyn Read>, total: Option<u64>) -> Resul
     let budget = IMPORT_BATCH_BYTES.min(limit.saturating_sub(limit / 8 + 1024));
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).with_context(|| format!("cannot read line {}", line_no + 1))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        bytes_read += n as u64;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let (key, value) = match parse_line(text) {
+        let read = reader.read_until(b'\n', &mut line);
+        let parsed = match read {
+            Ok(0) => break,
+            Ok(n) => {
+                line_no += 1;
+                bytes_read += n as u64;
+                // A byte-order mark (as some editors write) opens no JSON.
+                let bytes =
+                    if line_no == 1 { line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&line) } else { &line };
+                match std::str::from_utf8(bytes).map(str::trim) {
+                    Ok("") => continue,
+                    Ok(text) => parse_line(text),
+                    Err(e) => Err(anyhow!(e).context("not valid UTF-8 (JSON lines are UTF-8)")),
+                }
+            }
+            Err(e) => {
+                line_no += 1;
+                Err(anyhow!(e).context("cannot read it"))
+            }
+        };
+        let (key, value) = match parsed {
             Ok(kv) => kv,
             Err(e) => {
                 // The lines before it are good: apply them, so the message
                 // says exactly what was applied.
                 batch.send(&client).await?;
-                let applied = match line_no {
-                    1 => "nothing was applied".to_string(),
-                    n => format!("lines 1-{} were applied, none after", n - 1),
-                };
-                return Err(e.context(format!("line {line_no}: not applied; {applied}")));
+                return Err(e.context(format!("line {line_no}: not applied; {}", applied_before(line_no))));
             }
         };
         let size = key.len() + value.as_ref().map_or(0, Vec::len) + OP_OVERHEAD;
         if !batch.ops.is_empty() && batch.bytes + size > budget {
             batch.send(&client).await?;
         }
-        if batch.ops.is_empty() {
-            batch.first_line = line_no;
-        }
-        batch.last_line = line_no;
+        batch.lines.push(line_no);
         batch.bytes += size;
         match value {
             Some(value) => {
@@ -118,30 +121,50 @@ async fn load(client: Client, input: Box<dyn Read>, total: Option<u64>) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// What was applied when line `n` was not: every line before it.
+fn applied_before(n: u64) -> String {
+    match n {
+        1 => "nothing was applied".to_string(),
+        n => format!("lines 1-{} were applied, none after", n - 1),
+    }
+}
+
 /// The operations of the next import batch and the lines they came from.
 #[derive(Default)]
 struct Pending {
     ops: Vec<BatchOp>,
+    lines: Vec<u64>,
     bytes: usize,
-    first_line: u64,
-    last_line: u64,
 }
 
 impl Pending {
+    /// Applies the batch. If the node refuses it for what an operation
+    /// holds (too large, rejected by a hook), the operations are applied
+    /// one by one up to the refused one, so the error names its line.
     async fn send(&mut self, client: &Client) -> Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.ops);
+        let lines = std::mem::take(&mut self.lines);
         self.bytes = 0;
-        client.batch(ops).await.map_err(remote).with_context(|| {
-            let before = match self.first_line {
-                1 => "nothing was applied".to_string(),
-                n => format!("lines 1-{} were", n - 1),
-            };
-            format!("batch of lines {}-{} not applied ({before})", self.first_line, self.last_line)
-        })?;
-        Ok(())
+        let (first, last) = (lines[0], lines[lines.len() - 1]);
+        match client.batch(ops.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) if ops.len() > 1 && matches!(e.code, ErrorCode::BadRequest | ErrorCode::Rejected) => {
+                for (op, line) in ops.into_iter().zip(lines) {
+                    if let Err(e) = client.batch(vec![op]).await {
+                        return Err(remote(e).context(format!("line {line}: not applied; {}", applied_before(line))));
+                    }
+                }
+                // Refused together, accepted one by one (a hook judging
+                // whole batches): every line is applied now.
+                Ok(())
+            }
+            Err(e) => {
+                Err(remote(e).context(format!("batch of lines {first}-{last} not applied; {}", applied_before(first))))
+            }
+        }
     }
 }
 

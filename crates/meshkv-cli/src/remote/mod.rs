@@ -159,6 +159,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// The largest frame the command line reads: a value and key at their
+/// ceilings, with room for the reply around them.
+const CLI_MAX_FRAME: usize = meshkv::storage::VALUE_LEN_CEILING + meshkv::storage::KEY_LEN_CEILING + (1 << 20);
+
 async fn connect(target: &Target) -> Result<Client> {
     let node = target.node.as_str();
     let addr = tokio::net::lookup_host(node)
@@ -167,7 +171,13 @@ async fn connect(target: &Target) -> Result<Client> {
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| anyhow!("cannot resolve node address {node:?} (expected HOST:PORT)"))?;
     let cluster = target.cluster.clone().unwrap_or_else(|| DEFAULT_CLUSTER.into());
-    let options = ClientOptions { cluster: cluster.clone(), secret: target.secret()?, ..ClientOptions::default() };
+    let options = ClientOptions {
+        cluster: cluster.clone(),
+        secret: target.secret()?,
+        // Whatever value a node was configured to hold can be read back.
+        max_frame: CLI_MAX_FRAME,
+        ..ClientOptions::default()
+    };
     Client::connect(addr, options).await.map_err(|e| match e.code {
         ErrorCode::Unauthorized if e.message.contains("does not speak meshkv") || e.message.contains("malformed handshake") => {
             anyhow!("{node} is not a meshkv node ({}); see --node / MESHKV_NODE", e.message)
@@ -178,6 +188,8 @@ async fn connect(target: &Target) -> Result<Client> {
         ErrorCode::Unauthorized => {
             anyhow!("the node at {node} refused the connection: {} (this client asked for cluster {cluster:?}; see --cluster)", e.message)
         }
+        // The node answered: it runs, it is busy.
+        _ if e.message.contains("connection limit") => anyhow!("the node at {node} is busy: {}", e.message),
         _ => {
             let detail = e.message.strip_prefix(&format!("cannot connect to {addr}: ")).unwrap_or(&e.message);
             anyhow!("cannot connect to {node}: {detail} (is `meshkv serve` running there? see --node / MESHKV_NODE)")

@@ -41,7 +41,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// First reconnect delay (default 50 ms), doubling up to 2 s.
     pub reconnect_min: Duration,
-    /// Largest accepted frame.
+    /// Largest accepted frame (default 17 MiB). The node is told, and
+    /// refuses a read whose reply would exceed it (bad-request) rather
+    /// than send it; raise it to read values near a node's larger limits.
     pub max_frame: usize,
     /// An idle connection sends a ping this often (default 10 s); keep it
     /// well below the node's idle timeout (30 s by default).

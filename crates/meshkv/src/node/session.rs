@@ -99,9 +99,12 @@ pub(crate) async fn serve(
     tracing::debug!(%addr, client = %hello.node, ?access, "client connected");
     let limits = Limits::of(&ctx.server.options);
     let idle = ctx.server.idle_timeout;
+    // The client reads frames up to the size it stated: never send more.
+    let client_frame = usize::try_from(hello.max_frame).ok().filter(|n| *n > 0).unwrap_or(usize::MAX);
     let mut session = Session {
         ctx,
         client: hello.node,
+        reply_limit: ctx.max_frame.min(client_frame).saturating_sub(REPLY_OVERHEAD),
         read_only: access == Access::ReadOnly || ctx.server.options.read_only,
         limits,
         cursors: HashMap::new(),
@@ -283,6 +286,9 @@ impl Limits {
 struct Session<'a> {
     ctx: &'a ConnCtx,
     client: NodeId,
+    /// Bytes of keys and values one reply or event may carry: within both
+    /// our frame limit and the client's.
+    reply_limit: usize,
     read_only: bool,
     limits: Limits,
     cursors: HashMap<u64, Cursor>,
@@ -299,7 +305,11 @@ impl Session<'_> {
 
     fn handle(&mut self, id: u64, request: Request) -> Result<Response, RemoteError> {
         match request {
-            Request::Get { key } => Ok(Response::Value(self.db().get(key).map_err(internal)?.map(Into::into))),
+            Request::Get { key } => {
+                let value = self.db().get(key).map_err(internal)?;
+                self.fits(value.as_ref().map_or(0, Vec::len), "the value")?;
+                Ok(Response::Value(value.map(Into::into)))
+            }
             Request::GetMany { keys } => self.get_many(&keys),
             // Refused before the retry memory: refusals cost nothing to
             // repeat and must not evict other clients' remembered replies.
@@ -333,20 +343,29 @@ impl Session<'_> {
         }
     }
 
+    /// Refuses a reply carrying `bytes` of keys and values (`what`) that
+    /// the client could not read.
+    fn fits(&self, bytes: usize, what: &str) -> Result<(), RemoteError> {
+        if bytes <= self.reply_limit {
+            return Ok(());
+        }
+        let limit = self.reply_limit;
+        let msg = format!(
+            "{what} ({bytes} bytes) exceeds the reply limit of {limit} bytes (the smaller of the node's and this client's max_frame, less 64 KiB)"
+        );
+        Err(RemoteError::new(ErrorCode::BadRequest, msg))
+    }
+
     /// Values of `keys` from one snapshot. The reply must fit a frame, so
     /// a request whose values add up to more is refused, not built.
     fn get_many(&self, keys: &[serde_bytes::ByteBuf]) -> Result<Response, RemoteError> {
-        let limit = self.ctx.max_frame.saturating_sub(REPLY_OVERHEAD);
         let snap = self.db().snapshot();
         let mut values = Vec::with_capacity(keys.len().min(4096));
         let mut bytes = 0usize;
         for key in keys {
             let value = snap.get(key).map_err(internal)?;
             bytes += value.as_ref().map_or(1, |v| v.len() + 8);
-            if bytes > limit {
-                let msg = format!("the values of these {} keys exceed the reply limit of {limit} bytes", keys.len());
-                return Err(RemoteError::new(ErrorCode::BadRequest, msg));
-            }
+            self.fits(bytes, &format!("the values of these {} keys", keys.len()))?;
             values.push(value.map(Into::into));
         }
         Ok(Response::Values(values))
@@ -462,6 +481,10 @@ impl Session<'_> {
         while let Some(entry) = held.take().map(Ok).or_else(|| scan.next()) {
             let entry = entry.map_err(internal)?;
             let size = entry.key.len() + entry.value.len();
+            if size > self.reply_limit {
+                self.cursors.remove(&cursor);
+                return Err(self.fits(size, "an entry of this scan").expect_err("over the limit"));
+            }
             // Count and size both bound a chunk, so any chunk fits a frame:
             // an entry that would overflow it opens the next one.
             if !entries.is_empty() && bytes + size > SCAN_CHUNK_BYTES {
@@ -482,15 +505,19 @@ impl Session<'_> {
         Ok(Response::Chunk { cursor, entries, done })
     }
 
+    /// The events `commit` makes for this client's watches; a change too
+    /// large for the client to read is reported as one missed change.
     fn watch_events(&self, commit: &crate::storage::Commit) -> Vec<Message> {
         let mut out = Vec::new();
         for change in &commit.changes {
             for (watch, range) in &self.watches {
                 if range.contains(&change.key) {
-                    out.push(Message::Watch {
-                        watch: *watch,
-                        key: change.key.clone(),
-                        value: change.record().value().map(<[u8]>::to_vec),
+                    let value = change.record().value();
+                    let size = change.key.len() + value.map_or(0, <[u8]>::len);
+                    out.push(if size > self.reply_limit {
+                        Message::WatchLagged { watch: *watch, missed: 1 }
+                    } else {
+                        Message::Watch { watch: *watch, key: change.key.clone(), value: value.map(<[u8]>::to_vec) }
                     });
                 }
             }
