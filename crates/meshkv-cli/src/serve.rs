@@ -66,8 +66,9 @@ pub struct ServeArgs {
     /// File with a second secret that gives clients read-only access.
     #[arg(long, value_name = "FILE")]
     read_only_secret_file: Option<PathBuf>,
-    /// Allow a non-loopback listen address without a cluster secret:
-    /// unauthenticated, unencrypted; trusted networks only.
+    /// Allow a non-loopback listen address, and non-loopback peers,
+    /// without a cluster secret: unauthenticated, unencrypted; trusted
+    /// networks only.
     #[arg(long)]
     insecure: bool,
     /// After answering a client, busy-poll its connection this many
@@ -194,6 +195,13 @@ fn node_config(s: &Settings, listen: SocketAddr, peers: Vec<(SocketAddr, Mode)>,
             "refusing to listen on {listen} without a cluster secret: anyone who can reach it could read and write \
              every record. Create one with `meshkv secret --out FILE` and pass --secret-file FILE to every node \
              and client, or pass --insecure to listen there unauthenticated (trusted networks only)"
+        );
+    }
+    if let Some((peer, _)) = peers.iter().find(|(p, _)| !p.ip().is_loopback() && !security.is_enabled() && !insecure) {
+        bail!(
+            "refusing to dial peer {peer} without a cluster secret: records would cross the network unencrypted, \
+             to and from whoever answers there. Create one with `meshkv secret --out FILE` and pass --secret-file \
+             FILE to every node, or pass --insecure (trusted networks only)"
         );
     }
     let d = NodeConfig::default();
@@ -506,6 +514,10 @@ mod tests {
         assert!(node_config(&plain, public, vec![], true).unwrap().allow_insecure);
         let loopback: SocketAddr = "127.0.0.1:7420".parse().unwrap();
         assert!(!node_config(&plain, loopback, vec![], false).unwrap().security.is_enabled());
+        let remote_peer = vec![("10.0.0.2:7420".parse().unwrap(), Mode::Sync)];
+        let e = node_config(&plain, loopback, remote_peer.clone(), false).unwrap_err();
+        assert!(format!("{e:#}").contains("refusing to dial peer 10.0.0.2:7420"), "{e:#}");
+        assert!(node_config(&plain, loopback, remote_peer, true).is_ok());
 
         let (args, target) = parse(&["--secret-file", secret.to_str().unwrap()]);
         let secured = settings(&args, &target).unwrap();

@@ -2,7 +2,9 @@
 //! node serving: a `get_many` whose values would not fit one reply frame,
 //! more watches than allowed, a request larger than the node's frame
 //! limit (refused by the client, which learned the limit at the handshake),
-//! and a value larger than the client's own frame limit.
+//! a value larger than the client's own frame limit, and more keys or
+//! operations in one request than `MAX_REQUEST_ITEMS` (each costs the node
+//! far more memory decoded than its bytes on the wire).
 
 mod common;
 
@@ -91,5 +93,40 @@ async fn values_beyond_the_clients_frame_limit_are_refused_not_sent() {
         Some(meshkv::client::WatchEvent::Change { key: b"big-small".to_vec(), value: Some(b"v".to_vec()) })
     );
     assert_eq!(client.get("big-small").await.expect("get").as_deref(), Some(&b"v"[..]));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_items_than_a_request_may_carry_are_refused() {
+    use meshkv::protocol::{codec, BatchOp, Message, Request, MAX_REQUEST_ITEMS};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = common::start(Db::open(dir.path(), Options::default()).expect("open")).await;
+    let addr = node.local_addr().expect("addr");
+    let client =
+        Client::connect(addr, ClientOptions { retry: false, ..ClientOptions::default() }).await.expect("connect");
+
+    let e = client.get_many(vec![Vec::new(); MAX_REQUEST_ITEMS + 1]).await.expect_err("too many keys");
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+    let ops = vec![BatchOp::Delete { key: b"k".to_vec() }; MAX_REQUEST_ITEMS + 1];
+    let e = client.batch(ops).await.expect_err("too many operations");
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+    assert_eq!(
+        client.get_many(vec![Vec::new(); MAX_REQUEST_ITEMS]).await.expect("at the limit").len(),
+        MAX_REQUEST_ITEMS
+    );
+
+    // A client that sends such a request anyway (a few bytes per empty
+    // key, far more once decoded) is closed before it is decoded whole.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let keys = vec![serde_bytes::ByteBuf::new(); 1 << 20];
+    let mut out = b"MKV1\x00".to_vec();
+    codec::encode(&common::client_hello(), &mut out);
+    codec::encode(&Message::Request { id: 1, request: Request::GetMany { keys } }, &mut out);
+    raw.write_all(&out).await.expect("send");
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the node kept the connection open");
+    client.put("k", "v").await.expect("the node still serves");
     node.shutdown().await;
 }

@@ -15,7 +15,7 @@ mod scan;
 
 pub use scan::ScanStream;
 
-use crate::protocol::request::{BatchOp, ErrorCode, RemoteError, Request, Response, Status};
+use crate::protocol::request::{BatchOp, ErrorCode, RemoteError, Request, Response, Status, MAX_REQUEST_ITEMS};
 use crate::storage::{KeyRange, ScanOptions};
 use crate::version::{Dot, NodeId};
 use std::net::SocketAddr;
@@ -127,6 +127,10 @@ impl Client {
 
     /// A call; `None` if no reply came within the request timeout.
     pub(crate) async fn call_within(&self, request: Request) -> Option<Result<Response>> {
+        if request.items() > MAX_REQUEST_ITEMS {
+            let msg = format!("{} keys or operations in one request; at most {MAX_REQUEST_ITEMS}", request.items());
+            return Some(Err(RemoteError::new(ErrorCode::BadRequest, msg)));
+        }
         let (reply, rx) = oneshot::channel();
         let call = async {
             self.tx.send(Command::Call { request, reply }).await.map_err(|_| lost())?;

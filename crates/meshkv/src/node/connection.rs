@@ -104,6 +104,10 @@ pub(crate) struct ServerState {
     pub refusal_log: RateLimit,
     /// Next scan cursor id, unique across all client connections.
     pub next_cursor: std::sync::atomic::AtomicU64,
+    /// The last key count for `status`, and the write counters it was
+    /// taken at: counting scans the whole store, so it is done again only
+    /// once the store changed.
+    pub key_count: std::sync::Mutex<Option<((u64, u64), u64)>>,
 }
 
 type Incoming = mpsc::Receiver<Result<Message, String>>;

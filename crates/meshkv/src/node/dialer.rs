@@ -17,6 +17,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
+/// Whether `cfg` allows dialing `addr`: without a secret, links are
+/// plaintext and unauthenticated, so only loopback unless `allow_insecure`.
+pub(crate) fn may_dial(cfg: &NodeConfig, addr: SocketAddr) -> bool {
+    addr.ip().is_loopback() || cfg.security.is_enabled() || cfg.allow_insecure
+}
+
 /// Dials `addr` while the registry holds it as a dial target with `token`.
 pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr, token: u64) {
     let mut backoff = cfg.backoff_min;
@@ -80,5 +86,23 @@ pub(crate) async fn dial_loop(ctx: ConnCtx, cfg: NodeConfig, addr: SocketAddr, t
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secure::{Secret, Security};
+
+    #[test]
+    fn beyond_loopback_only_with_a_secret_or_explicitly_insecure() {
+        let remote: SocketAddr = "10.0.0.2:7420".parse().expect("address");
+        let local: SocketAddr = "127.0.0.1:7420".parse().expect("address");
+        let plain = NodeConfig::default();
+        assert!(may_dial(&plain, local));
+        assert!(!may_dial(&plain, remote));
+        assert!(may_dial(&NodeConfig { allow_insecure: true, ..NodeConfig::default() }, remote));
+        let secured = NodeConfig { security: Security::with_secret(Secret::generate()), ..NodeConfig::default() };
+        assert!(may_dial(&secured, remote));
     }
 }

@@ -62,7 +62,8 @@ pub struct NodeConfig {
     /// connection must prove. Without one, connections are plaintext and
     /// unauthenticated, and only a loopback listener is allowed.
     pub security: Security,
-    /// Allow a non-loopback listener without a secret (trusted networks only).
+    /// Allow a non-loopback listener, and non-loopback peers, without a
+    /// secret (trusted networks only).
     pub allow_insecure: bool,
     /// Peer exchange (default off): tell peers where we and our other peers
     /// listen, and dial the peers they tell us about (at most 64 learned;
@@ -177,6 +178,19 @@ pub enum NodeError {
         /// The address.
         addr: SocketAddr,
     },
+    /// A static peer is reachable only over the network but no secret is
+    /// configured (and `allow_insecure` is off): its records would cross
+    /// the network in clear, and whatever answers there would be merged.
+    /// Nothing was started.
+    #[error(
+        "refusing to dial peer {addr} without a cluster secret: it is not a loopback address, so records would \
+         cross the network unencrypted to and from whoever answers there; configure a secret (meshkv secret) or \
+         allow insecure links explicitly"
+    )]
+    InsecurePeer {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
     /// The settings contradict each other. Nothing was started.
     #[error("invalid node configuration: {0}")]
     Config(String),
@@ -217,6 +231,9 @@ impl Node {
                 return Err(NodeError::Insecure { addr });
             }
             _ => {}
+        }
+        if let Some(&(addr, _)) = cfg.peers.iter().find(|(addr, _)| !dialer::may_dial(&cfg, *addr)) {
+            return Err(NodeError::InsecurePeer { addr });
         }
         let listen = |addr, what| move |source| NodeError::Listen { addr, what, source };
         let listener = match cfg.listen {
@@ -261,6 +278,7 @@ impl Node {
                 idle_timeout: Duration::from_millis(cfg.link.idle_timeout_ms),
                 refusal_log: connection::RateLimit::new(Duration::from_secs(5)),
                 next_cursor: std::sync::atomic::AtomicU64::new(1),
+                key_count: std::sync::Mutex::new(None),
             }),
             registry: Arc::clone(&registry),
             events: events.clone(),
@@ -348,8 +366,16 @@ impl Node {
         self.registry.statuses(&self.ctx.db.version_vector())
     }
 
-    /// Starts dialing `addr` (again) with the given link mode.
+    /// Starts dialing `addr` (again) with the given link mode. Without a
+    /// secret (and `allow_insecure`), an address beyond loopback is not
+    /// dialed: the node logs it and reports [`NodeEvent::Error`].
     pub fn add_peer(&mut self, addr: SocketAddr, mode: Mode) {
+        if !dialer::may_dial(&self.cfg, addr) {
+            let message = NodeError::InsecurePeer { addr }.to_string();
+            tracing::error!(%addr, "{message}");
+            let _ = self.events.send(NodeEvent::Error { addr, message });
+            return;
+        }
         if let Some(token) = self.registry.set_dial(addr, mode) {
             self.tasks.spawn(dialer::dial_loop(self.ctx.clone(), self.cfg.clone(), addr, token));
         }

@@ -525,10 +525,31 @@ impl Session<'_> {
         out
     }
 
+    /// Live keys in the store: counted again only if it changed since the
+    /// last count (a scan of the whole store), off the runtime's workers
+    /// where the runtime has several, so a stream of `Status` requests
+    /// neither repeats the scan nor stalls other connections.
+    fn key_count(&self) -> u64 {
+        let db = self.db();
+        let changes = (db.local_write_count(), db.remote_applied_count());
+        let cache = &self.ctx.server.key_count;
+        let cached = *cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, keys)) = cached.filter(|(at, _)| *at == changes) {
+            return keys;
+        }
+        let count = || db.snapshot().scan(ScanOptions { values: false, ..ScanOptions::default() }).count() as u64;
+        let keys = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(count),
+            _ => count(),
+        };
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((changes, keys));
+        keys
+    }
+
     fn status(&self) -> Status {
         let db = self.db();
         let vv = db.version_vector();
-        let keys = db.snapshot().scan(ScanOptions { values: false, ..ScanOptions::default() }).count() as u64;
+        let keys = self.key_count();
         let peers = self
             .ctx
             .registry

@@ -16,4 +16,4 @@ pub use link::{Link, LinkConfig, LinkError, LinkEvent};
 pub use message::{
     CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Role, MAGIC, MAX_SHARED_PEERS, PROTOCOL_VERSION,
 };
-pub use request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
+pub use request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status, MAX_REQUEST_ITEMS};

@@ -151,7 +151,8 @@ impl RecvHalf {
             // Keys no store accepts: the peer's fault, not ours.
             StorageError::KeyTooLarge { .. }
             | StorageError::ValueTooLarge { .. }
-            | StorageError::ImpossibleOwnSeq { .. } => protocol(e.to_string()),
+            | StorageError::ImpossibleOwnSeq { .. }
+            | StorageError::TooManyOrigins { .. } => protocol(e.to_string()),
             // Ours (a full disk, say): the peer did nothing wrong.
             e => LinkError::Storage(e),
         })

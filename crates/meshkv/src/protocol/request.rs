@@ -26,6 +26,37 @@ pub enum BatchOp {
     },
 }
 
+/// Keys of one `GetMany`, or operations of one `Write`, at most. Decoding
+/// refuses more: each costs the node far more memory decoded than the few
+/// bytes it takes on the wire, so the frame limit alone would not bound it.
+pub const MAX_REQUEST_ITEMS: usize = 1 << 16;
+
+/// Decodes a list of at most [`MAX_REQUEST_ITEMS`] items.
+fn bounded<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "at most {MAX_REQUEST_ITEMS} items")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0);
+            if hint > MAX_REQUEST_ITEMS {
+                return Err(serde::de::Error::invalid_length(hint, &self));
+            }
+            let mut out = Vec::with_capacity(hint);
+            while let Some(item) = seq.next_element()? {
+                if out.len() == MAX_REQUEST_ITEMS {
+                    return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
+}
+
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -38,12 +69,14 @@ pub enum Request {
     },
     /// The values of several keys, from one snapshot.
     GetMany {
-        /// The keys.
+        /// The keys (at most [`MAX_REQUEST_ITEMS`]).
+        #[serde(deserialize_with = "bounded")]
         keys: Vec<serde_bytes::ByteBuf>,
     },
     /// Atomic puts and deletes (a single put or delete is a batch of one).
     Write {
-        /// The operations.
+        /// The operations (at most [`MAX_REQUEST_ITEMS`]).
+        #[serde(deserialize_with = "bounded")]
         ops: Vec<BatchOp>,
     },
     /// Opens a cursor and returns its first chunk.
@@ -82,6 +115,15 @@ impl Request {
     /// remembered for at-most-once retries).
     pub fn is_write(&self) -> bool {
         matches!(self, Request::Write { .. })
+    }
+
+    /// Keys or operations it carries, for those that carry a list.
+    pub fn items(&self) -> usize {
+        match self {
+            Request::GetMany { keys } => keys.len(),
+            Request::Write { ops } => ops.len(),
+            _ => 0,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use super::options::KEY_LEN_CEILING;
 use super::pending::LogEntry;
 use super::read::decode;
 use super::record::Record;
-use crate::version::{Dot, NodeId, Seq, VersionVector};
+use crate::version::{Dot, NodeId, Seq, VersionVector, MAX_ORIGINS};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -166,6 +166,12 @@ impl Db {
             // Taking it would wrap `next_seq` and reuse seqs peers cover.
             inner.persist_hlc(&mut w)?;
             return Err(Error::ImpossibleOwnSeq { seq: max_own_seq });
+        }
+        let origins = w.vv.len() + raise.iter().filter(|(o, _)| w.vv.get(*o) == 0).count();
+        if origins > MAX_ORIGINS {
+            // Peers would refuse our vector, and we every later message.
+            inner.persist_hlc(&mut w)?;
+            return Err(Error::TooManyOrigins { origins, max: MAX_ORIGINS });
         }
         if max_own_seq >= w.next_seq {
             // Our own writes came back from a peer with higher seqs than we

@@ -57,6 +57,16 @@ pub enum Error {
         /// The offending seq.
         seq: u64,
     },
+    /// Applying would make this node's version vector name more origins
+    /// than [`MAX_ORIGINS`](crate::version::MAX_ORIGINS) (a hostile or
+    /// broken peer inventing them). Nothing was applied.
+    #[error("a peer's vector would make this node track {origins} origins, over the limit of {max} (nothing applied)")]
+    TooManyOrigins {
+        /// Origins the vector would name.
+        origins: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A record read back from disk failed to decode. The store is left as
     /// it is; the key is unreadable until repaired by a newer write or replica.
     #[error("record for key {key:?} is corrupt")]

@@ -4,4 +4,4 @@ mod dot;
 mod vector;
 
 pub use dot::{Dot, NodeId, Seq};
-pub use vector::VersionVector;
+pub use vector::{VersionVector, MAX_ORIGINS};

@@ -4,10 +4,61 @@ use super::{Dot, NodeId, Seq};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Origins a decoded vector may name, at most: far beyond any cluster's
+/// history, and it bounds what a hostile peer can make a node hold (and
+/// send in every digest).
+pub const MAX_ORIGINS: usize = 1 << 16;
+
 /// A version vector, kept as a list sorted by origin (clusters are small, so
 /// this beats a map in size and speed). Missing origins count as 0.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Decoding accepts only the canonical form — origins strictly ascending,
+/// no zero entry, at most [`MAX_ORIGINS`] — since lookups binary-search the
+/// list and a shuffled one would make every insert quadratic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct VersionVector(Vec<(NodeId, Seq)>);
+
+impl<'de> Deserialize<'de> for VersionVector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_newtype_struct("VersionVector", Canonical)
+    }
+}
+
+/// Decodes the canonical form (see [`VersionVector`]).
+struct Canonical;
+
+impl<'de> serde::de::Visitor<'de> for Canonical {
+    type Value = VersionVector;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "at most {MAX_ORIGINS} (origin, seq) pairs, origins ascending, seqs above 0")
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let hint = seq.size_hint().unwrap_or(0);
+        if hint > MAX_ORIGINS {
+            return Err(serde::de::Error::invalid_length(hint, &self));
+        }
+        let mut out: Vec<(NodeId, Seq)> = Vec::with_capacity(hint);
+        while let Some((origin, s)) = seq.next_element::<(NodeId, Seq)>()? {
+            if out.len() == MAX_ORIGINS {
+                return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+            }
+            if s == 0 || out.last().is_some_and(|(prev, _)| *prev >= origin) {
+                return Err(serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Other("a non-canonical entry"),
+                    &self,
+                ));
+            }
+            out.push((origin, s));
+        }
+        Ok(VersionVector(out))
+    }
+}
 
 impl VersionVector {
     /// The empty vector (covers nothing).
@@ -39,11 +90,37 @@ impl VersionVector {
         self.get(dot.origin) >= dot.seq
     }
 
-    /// Pointwise maximum with `other`.
+    /// Pointwise maximum with `other` (one merge of the two sorted lists).
     pub fn join(&mut self, other: &VersionVector) {
-        for &(origin, seq) in &other.0 {
-            self.raise(origin, seq);
+        if self.dominates(other) {
+            return;
         }
+        let (mut a, mut b) = (self.0.iter().peekable(), other.0.iter().peekable());
+        let mut out = Vec::with_capacity(self.0.len().max(other.0.len()));
+        loop {
+            let next = match (a.peek().copied(), b.peek().copied()) {
+                (Some(&x), Some(&y)) if x.0 == y.0 => {
+                    a.next();
+                    b.next();
+                    (x.0, x.1.max(y.1))
+                }
+                (Some(&x), Some(&y)) if x.0 < y.0 => {
+                    a.next();
+                    x
+                }
+                (_, Some(&y)) => {
+                    b.next();
+                    y
+                }
+                (Some(&x), None) => {
+                    a.next();
+                    x
+                }
+                (None, None) => break,
+            };
+            out.push(next);
+        }
+        self.0 = out;
     }
 
     /// Whether every entry of `other` is covered by `self`.
@@ -104,6 +181,36 @@ impl fmt::Display for VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_merges_in_one_pass() {
+        let (a, b, c, d) = (NodeId(1), NodeId(2), NodeId(3), NodeId(4));
+        let mut x: VersionVector = [(a, 3), (c, 1)].into_iter().collect();
+        x.join(&[(a, 1), (b, 4), (c, 2), (d, 9)].into_iter().collect());
+        assert_eq!(x.iter().collect::<Vec<_>>(), vec![(a, 3), (b, 4), (c, 2), (d, 9)]);
+        x.join(&VersionVector::new());
+        assert_eq!(x.len(), 4);
+    }
+
+    #[test]
+    fn only_the_canonical_form_decodes() {
+        let decode = |pairs: &[(u64, u64)]| {
+            // Encoded as the list it is: the derived form of the newtype.
+            let bytes = postcard::to_allocvec(pairs).expect("encode");
+            postcard::from_bytes::<VersionVector>(&bytes)
+        };
+        let ok = decode(&[(1, 5), (2, 1), (9, 3)]).expect("canonical");
+        assert_eq!(ok.get(NodeId(9)), 3);
+        assert!(decode(&[(2, 1), (1, 5)]).is_err(), "descending origins");
+        assert!(decode(&[(1, 1), (1, 2)]).is_err(), "an origin twice");
+        assert!(decode(&[(1, 0)]).is_err(), "a zero entry");
+        let many: Vec<(u64, u64)> = (1..=MAX_ORIGINS as u64 + 1).map(|o| (o, 1)).collect();
+        assert!(decode(&many).is_err(), "more origins than allowed");
+        assert!(decode(&many[..MAX_ORIGINS]).is_ok());
+        let vv: VersionVector = [(NodeId(3), 7), (NodeId(1), 2)].into_iter().collect();
+        let round = postcard::from_bytes::<VersionVector>(&postcard::to_allocvec(&vv).expect("encode"));
+        assert_eq!(round.expect("round trip"), vv);
+    }
 
     #[test]
     fn beyond_counts_what_the_other_misses() {
