@@ -68,6 +68,9 @@ pub(crate) struct Inner {
     pub(crate) filter: Arc<KeyFilter>,
     /// The open-time scan filling `filter`, joined when the store closes.
     pub(crate) filter_scan: Mutex<Option<FilterScan>>,
+    /// Set by [`Db::close_as_if_crashed`]: the last handle's drop skips
+    /// what a clean close writes.
+    pub(crate) crashed: std::sync::atomic::AtomicBool,
 }
 
 /// State only the (single) writer touches, behind `Inner::writer`.
@@ -210,6 +213,7 @@ impl Db {
                 durable_seq: AtomicU64::new(0),
                 filter,
                 filter_scan: Mutex::new(filter_scan),
+                crashed: std::sync::atomic::AtomicBool::new(false),
                 opts,
             }),
         };
@@ -252,6 +256,15 @@ impl Db {
         }
     }
 
+    /// Drops this handle as a process crash would leave the store: once the
+    /// last handle is gone, nothing a clean close writes is written (held-back
+    /// change-log entries, the exact seq reservation). What was committed
+    /// stays, as the OS would keep it. For crash tests.
+    #[doc(hidden)]
+    pub fn close_as_if_crashed(self) {
+        self.inner.crashed.store(true, Ordering::Relaxed);
+    }
+
     /// Forces everything written so far to stable storage (`fdatasync`).
     pub fn sync(&self) -> Result<()> {
         let covered = self.version_vector().get(self.inner.node_id);
@@ -289,6 +302,9 @@ impl Drop for Inner {
     /// handed out, so the next open continues right after it instead of
     /// above the block.
     fn drop(&mut self) {
+        if self.crashed.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = self.write_held_log(&mut self.lock_writer()) {
             tracing::debug!(error = %e, "could not write held-back change-log entries at close");
         }

@@ -150,6 +150,9 @@ impl Sim {
                     if !m.ping {
                         moved += 1;
                     }
+                    // As the runtime does: the link may gather key-order
+                    // batches while another message is already waiting.
+                    let next_due = conn.queues[from].front().is_some_and(|m| m.at <= now);
                     let Some(end) = conn.ends[to].as_mut() else { continue };
                     end.rx.extend_from_slice(&m.bytes);
                     loop {
@@ -169,7 +172,8 @@ impl Sim {
                                 describe(&msg)
                             );
                         }
-                        if let Err(e) = end.link.handle_message(msg, now) {
+                        let more = next_due || codec::frame_ready(&end.rx, codec::DEFAULT_MAX_FRAME);
+                        if let Err(e) = end.link.handle_queued_message(msg, now, more) {
                             panic!("conn {}: node {} rejected a message: {e}", conn.id, conn.nodes[to]);
                         }
                         let node = conn.nodes[to];
