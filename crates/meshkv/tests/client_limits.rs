@@ -130,3 +130,48 @@ async fn more_items_than_a_request_may_carry_are_refused() {
     client.put("k", "v").await.expect("the node still serves");
     node.shutdown().await;
 }
+
+/// A client reading frames smaller than the node's scan chunks (1 MiB) gets
+/// chunks that fit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_chunks_fit_a_clients_smaller_frames() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    for i in 0..100u32 {
+        db.put(i.to_be_bytes(), vec![b'v'; 20 << 10]).expect("put");
+    }
+    let node = common::start(db).await;
+    let options = ClientOptions { max_frame: 256 << 10, retry: false, ..ClientOptions::default() };
+    let client = Client::connect(node.local_addr().expect("addr"), options).await.expect("connect");
+    let mut scan = client.scan(meshkv::ScanOptions::default(), 1000);
+    let mut seen = 0;
+    while let Some(entry) = scan.next().await {
+        entry.expect("an entry");
+        seen += 1;
+    }
+    assert_eq!(seen, 100);
+    node.shutdown().await;
+}
+
+/// A client reading frames far smaller than the default still reads: the
+/// room kept for a reply's encoding shrinks with the frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_small_frames_still_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    for i in 0..500u32 {
+        db.put(i.to_be_bytes(), vec![b'v'; 100]).expect("put");
+    }
+    let node = common::start(db).await;
+    let options = ClientOptions { max_frame: 32 << 10, retry: false, ..ClientOptions::default() };
+    let client = Client::connect(node.local_addr().expect("addr"), options).await.expect("connect");
+    assert_eq!(client.get(0u32.to_be_bytes()).await.expect("get"), Some(vec![b'v'; 100]));
+    let mut scan = client.scan(meshkv::ScanOptions::default(), 10_000);
+    let mut seen = 0;
+    while let Some(entry) = scan.next().await {
+        entry.expect("an entry");
+        seen += 1;
+    }
+    assert_eq!(seen, 500);
+    node.shutdown().await;
+}

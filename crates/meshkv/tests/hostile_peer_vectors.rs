@@ -11,8 +11,9 @@ use common::{eventually, RawPeer};
 
 use meshkv::node::Node;
 use meshkv::protocol::{codec, CatchUpOrder, CloseReason, Message, Mode};
+use meshkv::storage::{EncodedRecord, Record, Version};
 use meshkv::version::MAX_ORIGINS;
-use meshkv::{Db, NodeId, Options, VersionVector};
+use meshkv::{Db, Dot, Hlc, NodeId, Options, VersionVector};
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
@@ -100,4 +101,36 @@ async fn invented_origins_stop_at_the_limit_and_honest_peers_still_sync() {
     .await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The limit keeps room for this node's own origin, which its first write
+/// adds; a record whose causal context names more origins than the limit
+/// (a union of many versions' contexts) is still stored, read and
+/// overwritten: the limit bounds the node's vector, not records.
+#[test]
+fn the_limit_leaves_room_for_our_own_origin_and_does_not_bound_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), Options::default()).expect("open");
+    let own = db.node_id();
+    let others =
+        |n: usize| -> VersionVector { (1..).map(NodeId).filter(|o| *o != own).take(n).map(|o| (o, 1)).collect() };
+    let none = Vec::<(Vec<u8>, EncodedRecord)>::new;
+    let e = db.apply(none(), Some(&others(MAX_ORIGINS))).expect_err("no room left for our own writes");
+    assert!(matches!(e, meshkv::Error::TooManyOrigins { .. }), "{e}");
+    db.apply(none(), Some(&others(MAX_ORIGINS - 1))).expect("with room for our own origin");
+    db.put("own", "v").expect("our first write");
+    assert_eq!(db.version_vector().len(), MAX_ORIGINS);
+
+    let deps: VersionVector = (1..=MAX_ORIGINS as u64 + 5).map(|o| (NodeId(o), 1)).collect();
+    let remote = Record::single(Version {
+        dot: Dot::new(NodeId(1 << 40), 1),
+        hlc: Hlc::new(1_000, 0),
+        deps,
+        value: Some(b"r".to_vec()),
+    });
+    db.apply([(b"k".to_vec(), remote)], None).expect("applied");
+    assert_eq!(db.get("k").expect("readable").as_deref(), Some(&b"r"[..]));
+    db.put("k", "local").expect("overwrite");
+    assert_eq!(db.get("k").expect("readable").as_deref(), Some(&b"local"[..]));
+    assert!(db.verify().expect("verify").is_ok());
 }

@@ -3,11 +3,11 @@
 //! authentic announcement of another node of its cluster names an address
 //! to dial, which goes to the same task as peer-exchange lists
 //! (`node/exchange.rs`), with the same filters and bounds. Of each announcing
-//! node and address to dial only announcements newer than the last one
-//! heard count, so replaying one leads nowhere new. The address counts too:
-//! an announcement of an unspecified IP is dialed at its datagram's source,
-//! and a replay from a forged source must not shadow the genuine copy (the
-//! forged target is forgotten when it does not answer).
+//! node only announcements newer than the last one heard count, so replaying
+//! one leads nowhere new — except that the newest one may lead to a few
+//! addresses: an announcement of an unspecified IP is dialed at its
+//! datagram's source, and a replay from a forged source must not shadow the
+//! genuine copy (the forged target is forgotten when it does not answer).
 
 use super::connection::ConnCtx;
 use crate::protocol::announce::{Announcement, MAX_DATAGRAM};
@@ -153,28 +153,41 @@ pub(crate) async fn run(
     }
 }
 
-/// The newest announcement time heard from each node at each address it
-/// is dialed at, for at most [`super::exchange::MAX_LEARNED`] such pairs.
+/// Addresses one announcement may lead to (copies of it from different
+/// sources, for an unspecified IP), at most.
+const ADDRS_PER_ANNOUNCEMENT: usize = 4;
+
+/// Of each node, for at most [`super::exchange::MAX_LEARNED`] nodes at a
+/// time: the newest announcement time heard, and the addresses copies of
+/// that announcement led to.
 #[derive(Default)]
-struct Heard(HashMap<(NodeId, SocketAddr), u64>);
+struct Heard(HashMap<NodeId, (u64, Vec<SocketAddr>)>);
 
 impl Heard {
-    /// Whether `a`, leading to `dial`, is newer than anything heard from its
-    /// node for that address (and notes it).
+    /// Whether `a`, leading to `dial`, is news: newer than anything heard
+    /// from its node, or the same announcement leading to a further address
+    /// (a replay from a forged source may arrive before the genuine copy;
+    /// a few of those cannot shadow it). Notes it.
     fn newer(&mut self, a: &Announcement, dial: SocketAddr) -> bool {
-        let key = (a.node, dial);
-        if !self.0.contains_key(&key) && self.0.len() >= super::exchange::MAX_LEARNED {
+        if !self.0.contains_key(&a.node) && self.0.len() >= super::exchange::MAX_LEARNED {
             // Nodes silent for longer than an announcement stays fresh go first.
             let horizon = a.sent_ms.saturating_sub(2 * crate::protocol::announce::MAX_AGE_MS);
-            self.0.retain(|_, sent| *sent >= horizon);
+            self.0.retain(|_, (sent, _)| *sent >= horizon);
             if self.0.len() >= super::exchange::MAX_LEARNED {
                 return false;
             }
         }
-        let last = self.0.entry(key).or_insert(0);
-        let newer = a.sent_ms > *last;
-        *last = (*last).max(a.sent_ms);
-        newer
+        let (last, addrs) = self.0.entry(a.node).or_insert((0, Vec::new()));
+        if a.sent_ms > *last {
+            *last = a.sent_ms;
+            *addrs = vec![dial];
+            return true;
+        }
+        if a.sent_ms == *last && !addrs.contains(&dial) && addrs.len() < ADDRS_PER_ANNOUNCEMENT {
+            addrs.push(dial);
+            return true;
+        }
+        false
     }
 }
 
@@ -222,6 +235,11 @@ mod tests {
         assert!(heard.newer(&from(1, 100), at(2)), "the replay from a forged source came first");
         assert!(heard.newer(&from(1, 100), at(1)), "the genuine copy still counts");
         assert!(!heard.newer(&from(1, 100), at(1)));
+        // Replays from many sources take a few addresses, not the table.
+        let taken = (3..40).filter(|&i| heard.newer(&from(1, 100), at(i))).count();
+        assert_eq!(taken, ADDRS_PER_ANNOUNCEMENT - 2);
+        assert_eq!(heard.0.len(), 1);
+        assert!(heard.newer(&from(2, 100), at(1)), "another node is still heard");
     }
 
     #[test]

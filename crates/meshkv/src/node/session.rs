@@ -59,6 +59,13 @@ impl std::fmt::Debug for ServerOptions {
     }
 }
 
+/// Bytes of keys and values a reply may carry in a frame of `frame` bytes:
+/// room is left for the reply's own encoding (64 KiB, or an eighth of a
+/// smaller frame).
+fn reply_limit(frame: usize) -> usize {
+    frame - REPLY_OVERHEAD.min(frame / 8)
+}
+
 /// Serves one client connection until it closes, is idle for the idle
 /// timeout, or stops reading our replies for that long.
 pub(crate) async fn serve(
@@ -104,7 +111,7 @@ pub(crate) async fn serve(
     let mut session = Session {
         ctx,
         client: hello.node,
-        reply_limit: ctx.max_frame.min(client_frame).saturating_sub(REPLY_OVERHEAD),
+        reply_limit: reply_limit(ctx.max_frame.min(client_frame)),
         read_only: access == Access::ReadOnly || ctx.server.options.read_only,
         limits,
         cursors: HashMap::new(),
@@ -471,6 +478,8 @@ impl Session<'_> {
     }
 
     fn next_chunk(&mut self, cursor: u64) -> Result<Response, RemoteError> {
+        // A client reading frames smaller than a chunk gets smaller chunks.
+        let budget = SCAN_CHUNK_BYTES.min(self.reply_limit);
         let Some(Cursor { scan, chunk, held }) = self.cursors.get_mut(&cursor) else {
             // Finished, closed, or opened on a connection that was lost.
             return Err(RemoteError::new(ErrorCode::ConnectionLost, format!("scan cursor {cursor} is not open here")));
@@ -480,14 +489,15 @@ impl Session<'_> {
         let mut done = true;
         while let Some(entry) = held.take().map(Ok).or_else(|| scan.next()) {
             let entry = entry.map_err(internal)?;
-            let size = entry.key.len() + entry.value.len();
+            // With its framing in the reply (lengths, options), as for get_many.
+            let size = entry.key.len() + entry.value.len() + 8;
             if size > self.reply_limit {
                 self.cursors.remove(&cursor);
                 return Err(self.fits(size, "an entry of this scan").expect_err("over the limit"));
             }
             // Count and size both bound a chunk, so any chunk fits a frame:
             // an entry that would overflow it opens the next one.
-            if !entries.is_empty() && bytes + size > SCAN_CHUNK_BYTES {
+            if !entries.is_empty() && bytes + size > budget {
                 *held = Some(entry);
                 done = false;
                 break;

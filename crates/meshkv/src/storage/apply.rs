@@ -167,7 +167,9 @@ impl Db {
             inner.persist_hlc(&mut w)?;
             return Err(Error::ImpossibleOwnSeq { seq: max_own_seq });
         }
-        let origins = w.vv.len() + raise.iter().filter(|(o, _)| w.vv.get(*o) == 0).count();
+        // Room is kept for our own origin, which our first write adds.
+        let own_missing = w.vv.get(inner.node_id) == 0 && !raise.iter().any(|(o, _)| *o == inner.node_id);
+        let origins = w.vv.len() + raise.iter().filter(|(o, _)| w.vv.get(*o) == 0).count() + usize::from(own_missing);
         if origins > MAX_ORIGINS {
             // Peers would refuse our vector, and we every later message.
             inner.persist_hlc(&mut w)?;

@@ -220,7 +220,9 @@ impl<'de> Deserialize<'de> for Versions {
 }
 
 /// A version vector's layout (a sequence of `(origin, seq)`), read for the
-/// length of its canonical encoding and dropped.
+/// length of its canonical encoding and dropped; only the canonical form
+/// (origins strictly ascending, no zero seq) passes, as `VersionVector`'s
+/// own decoding requires, so whatever parses also decodes.
 struct SkippedDeps {
     len: usize,
 }
@@ -236,8 +238,13 @@ impl<'de> Deserialize<'de> for SkippedDeps {
             }
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SkippedDeps, A::Error> {
-                let (mut len, mut count) = (0, 0u64);
+                let (mut len, mut count, mut prev) = (0, 0u64, None);
                 while let Some((origin, s)) = seq.next_element::<(NodeId, Seq)>()? {
+                    if s == 0 || prev.is_some_and(|p| p >= origin) {
+                        let what = serde::de::Unexpected::Other("a non-canonical version vector");
+                        return Err(serde::de::Error::invalid_value(what, &self));
+                    }
+                    prev = Some(origin);
                     len += varint_len(origin.0) + varint_len(s);
                     count += 1;
                 }
@@ -290,6 +297,22 @@ mod tests {
         assert!(!e.is_single());
         assert_eq!(e.decode(), r);
         assert_eq!(e, EncodedRecord::from_record(&r));
+    }
+
+    /// A causal context out of order (or with a zero entry) is refused by
+    /// the parse as by the decode: a record that parses always decodes.
+    #[test]
+    fn a_non_canonical_context_is_refused_by_parse_and_decode() {
+        let bytes = Record::single(v(1, 1, &[(2, 1), (3, 1)], Some(b"v"))).encode();
+        let canonical = [2u8, 2, 1, 3, 1];
+        let at = bytes.windows(5).position(|w| w == canonical).expect("the context's bytes");
+        for bad in [[2u8, 3, 1, 2, 1], [2, 2, 1, 2, 1], [2, 2, 0, 3, 1]] {
+            let mut b = bytes.clone();
+            b[at..at + 5].copy_from_slice(&bad);
+            assert!(EncodedRecord::parse(b.clone()).is_none(), "parse took {bad:?}");
+            assert!(Record::decode(&b).is_none(), "decode took {bad:?}");
+        }
+        assert!(EncodedRecord::parse(bytes).is_some());
     }
 
     #[test]
