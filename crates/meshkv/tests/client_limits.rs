@@ -143,13 +143,7 @@ async fn scan_chunks_fit_a_clients_smaller_frames() {
     let node = common::start(db).await;
     let options = ClientOptions { max_frame: 256 << 10, retry: false, ..ClientOptions::default() };
     let client = Client::connect(node.local_addr().expect("addr"), options).await.expect("connect");
-    let mut scan = client.scan(meshkv::ScanOptions::default(), 1000);
-    let mut seen = 0;
-    while let Some(entry) = scan.next().await {
-        entry.expect("an entry");
-        seen += 1;
-    }
-    assert_eq!(seen, 100);
+    assert_eq!(scan_all(&client, 1000).await, 100);
     node.shutdown().await;
 }
 
@@ -166,12 +160,17 @@ async fn a_client_with_small_frames_still_reads() {
     let options = ClientOptions { max_frame: 32 << 10, retry: false, ..ClientOptions::default() };
     let client = Client::connect(node.local_addr().expect("addr"), options).await.expect("connect");
     assert_eq!(client.get(0u32.to_be_bytes()).await.expect("get"), Some(vec![b'v'; 100]));
-    let mut scan = client.scan(meshkv::ScanOptions::default(), 10_000);
+    assert_eq!(scan_all(&client, 10_000).await, 500);
+    node.shutdown().await;
+}
+
+/// Scans the whole store in chunks of `chunk`; the entries seen.
+async fn scan_all(client: &Client, chunk: u32) -> usize {
+    let mut scan = client.scan(meshkv::ScanOptions::default(), chunk);
     let mut seen = 0;
     while let Some(entry) = scan.next().await {
         entry.expect("an entry");
         seen += 1;
     }
-    assert_eq!(seen, 500);
-    node.shutdown().await;
+    seen
 }

@@ -64,13 +64,19 @@ fn vv_is_exact_and_clock_only_grows_across_restarts() {
     assert!(db.verify().expect("verify").is_ok());
 }
 
-#[test]
-fn observed_remote_timestamps_survive_a_restart() {
-    let clock = Arc::new(SettableClock(AtomicU64::new(9_000_000)));
-    let src_dir = tempfile::tempdir().expect("tempdir");
-    let src = Db::open(src_dir.path(), options(&clock)).expect("open source");
+/// A store whose wall clock reads `now_ms`, holding one write, and that
+/// write as a catch-up would send it.
+fn source_with_one_write(now_ms: u64) -> (tempfile::TempDir, Db, Vec<(Vec<u8>, Record)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = Db::open(dir.path(), options(&Arc::new(SettableClock(AtomicU64::new(now_ms))))).expect("open source");
     src.put("remote", "v").expect("put");
     let records = all_records(&src);
+    (dir, src, records)
+}
+
+#[test]
+fn observed_remote_timestamps_survive_a_restart() {
+    let (_src_dir, src, records) = source_with_one_write(9_000_000);
     let remote_hlc = records[0].1.max_hlc().0;
 
     // The receiver's wall clock is 30 s behind: applying moves its clock
@@ -94,11 +100,7 @@ fn observed_remote_timestamps_survive_a_restart() {
 #[test]
 fn timestamps_adopted_by_an_apply_that_changes_nothing_survive_a_restart() {
     let now = 1_700_000_000_000;
-    let clock = Arc::new(SettableClock(AtomicU64::new(now)));
-    let src_dir = tempfile::tempdir().expect("tempdir");
-    let src = Db::open(src_dir.path(), options(&clock)).expect("open source");
-    src.put("remote", "v").expect("put");
-    let records = all_records(&src);
+    let (_src_dir, _src, records) = source_with_one_write(now);
     let remote_hlc = records[0].1.max_hlc().0;
 
     let dir = tempfile::tempdir().expect("tempdir");

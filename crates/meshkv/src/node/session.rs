@@ -66,6 +66,20 @@ fn reply_limit(frame: usize) -> usize {
     frame - REPLY_OVERHEAD.min(frame / 8)
 }
 
+/// Refuses a reply carrying `bytes` of keys and values (described by
+/// `what`, built only then) over `limit`, which the client could not read.
+fn fits(limit: usize, bytes: usize, what: impl FnOnce() -> String) -> Result<(), RemoteError> {
+    if bytes <= limit {
+        return Ok(());
+    }
+    let msg = format!(
+        "{} ({bytes} bytes) exceeds the reply limit of {limit} bytes (the smaller of the node's and this \
+         client's max_frame, less room for the reply's encoding)",
+        what()
+    );
+    Err(RemoteError::new(ErrorCode::BadRequest, msg))
+}
+
 /// Serves one client connection until it closes, is idle for the idle
 /// timeout, or stops reading our replies for that long.
 pub(crate) async fn serve(
@@ -314,7 +328,7 @@ impl Session<'_> {
         match request {
             Request::Get { key } => {
                 let value = self.db().get(key).map_err(internal)?;
-                self.fits(value.as_ref().map_or(0, Vec::len), "the value")?;
+                fits(self.reply_limit, value.as_ref().map_or(0, Vec::len), || "the value".into())?;
                 Ok(Response::Value(value.map(Into::into)))
             }
             Request::GetMany { keys } => self.get_many(&keys),
@@ -350,19 +364,6 @@ impl Session<'_> {
         }
     }
 
-    /// Refuses a reply carrying `bytes` of keys and values (`what`) that
-    /// the client could not read.
-    fn fits(&self, bytes: usize, what: &str) -> Result<(), RemoteError> {
-        if bytes <= self.reply_limit {
-            return Ok(());
-        }
-        let limit = self.reply_limit;
-        let msg = format!(
-            "{what} ({bytes} bytes) exceeds the reply limit of {limit} bytes (the smaller of the node's and this client's max_frame, less 64 KiB)"
-        );
-        Err(RemoteError::new(ErrorCode::BadRequest, msg))
-    }
-
     /// Values of `keys` from one snapshot. The reply must fit a frame, so
     /// a request whose values add up to more is refused, not built.
     fn get_many(&self, keys: &[serde_bytes::ByteBuf]) -> Result<Response, RemoteError> {
@@ -372,7 +373,7 @@ impl Session<'_> {
         for key in keys {
             let value = snap.get(key).map_err(internal)?;
             bytes += value.as_ref().map_or(1, |v| v.len() + 8);
-            self.fits(bytes, &format!("the values of these {} keys", keys.len()))?;
+            fits(self.reply_limit, bytes, || format!("the values of these {} keys", keys.len()))?;
             values.push(value.map(Into::into));
         }
         Ok(Response::Values(values))
@@ -479,7 +480,8 @@ impl Session<'_> {
 
     fn next_chunk(&mut self, cursor: u64) -> Result<Response, RemoteError> {
         // A client reading frames smaller than a chunk gets smaller chunks.
-        let budget = SCAN_CHUNK_BYTES.min(self.reply_limit);
+        let limit = self.reply_limit;
+        let budget = SCAN_CHUNK_BYTES.min(limit);
         let Some(Cursor { scan, chunk, held }) = self.cursors.get_mut(&cursor) else {
             // Finished, closed, or opened on a connection that was lost.
             return Err(RemoteError::new(ErrorCode::ConnectionLost, format!("scan cursor {cursor} is not open here")));
@@ -491,9 +493,9 @@ impl Session<'_> {
             let entry = entry.map_err(internal)?;
             // With its framing in the reply (lengths, options), as for get_many.
             let size = entry.key.len() + entry.value.len() + 8;
-            if size > self.reply_limit {
+            if let Err(e) = fits(limit, size, || "an entry of this scan".into()) {
                 self.cursors.remove(&cursor);
-                return Err(self.fits(size, "an entry of this scan").expect_err("over the limit"));
+                return Err(e);
             }
             // Count and size both bound a chunk, so any chunk fits a frame:
             // an entry that would overflow it opens the next one.
