@@ -1,6 +1,7 @@
 //! Watches at their edges: a watcher that reads too slowly learns that it
-//! missed changes, a dropped watch frees its slot on the node, and with
-//! retry off a watch fails, rather than hangs, while the node is down.
+//! missed changes, a dropped watch frees its slot on the node, and a watch
+//! asked for while the node is down fails rather than hangs (at once with
+//! retry off, after the request timeout with retry on).
 
 mod common;
 use common::start;
@@ -81,5 +82,25 @@ async fn watch_without_retry_fails_while_the_node_is_down() {
         Ok(Err(e)) => assert_eq!(e.code, ErrorCode::ConnectionLost),
         Ok(Ok(_)) => panic!("watch succeeded on a node that is down"),
         Err(_) => panic!("watch() hung for 5 s with retry off while the node is down"),
+    }
+}
+
+/// With retry on, a watch asked for while the node is down waits for it
+/// only as long as any call does (the request timeout), then fails with
+/// connection-lost; it used to wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_with_retry_fails_after_the_request_timeout_while_the_node_is_down() {
+    let dir = tempfile::tempdir().expect("dir");
+    let node = start(Db::open(dir.path(), Options::default()).expect("open")).await;
+    let addr = node.local_addr().expect("bound");
+    let opts = ClientOptions { request_timeout: Duration::from_secs(1), ..ClientOptions::default() };
+    let client = Client::connect(addr, opts).await.expect("connect");
+    node.shutdown().await;
+    let e = client.get("a").await.expect_err("node is down");
+    assert_eq!(e.code, ErrorCode::ConnectionLost, "a call fails after the request timeout: {e}");
+    match tokio::time::timeout(Duration::from_secs(10), client.watch(KeyRange::all())).await {
+        Ok(Err(e)) => assert_eq!(e.code, ErrorCode::ConnectionLost, "{e}"),
+        Ok(Ok(_)) => panic!("watch succeeded on a node that is down"),
+        Err(_) => panic!("watch() hung for 10 s with a 1 s request timeout while the node is down"),
     }
 }

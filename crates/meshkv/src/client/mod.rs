@@ -181,12 +181,19 @@ impl Client {
         ScanStream::new(self.clone(), options, chunk)
     }
 
-    /// Live changes to keys in `range`, from now on.
+    /// Live changes to keys in `range`, from now on. Like a call, fails
+    /// with [`ErrorCode::ConnectionLost`] if the node has not confirmed
+    /// the watch within the request timeout.
     pub async fn watch(&self, range: KeyRange) -> Result<mpsc::Receiver<WatchEvent>> {
         let (events, rx) = mpsc::channel(1024);
         let (reply, done) = oneshot::channel();
-        self.tx.send(Command::Watch { range, events, reply }).await.map_err(|_| lost())?;
-        done.await.map_err(|_| lost())??;
+        let register = async {
+            self.tx.send(Command::Watch { range, events, reply }).await.map_err(|_| lost())?;
+            done.await.map_err(|_| lost())?
+        };
+        // On a timeout `rx` is dropped: the watch is never set up, or stopped
+        // on the node once it is (as any dropped watch).
+        tokio::time::timeout(self.timeout, register).await.unwrap_or_else(|_| Err(timed_out()))?;
         Ok(rx)
     }
 
