@@ -112,6 +112,10 @@ pub(crate) async fn run(
                     Some(cmd) => state.accept_unsent(cmd),
                     None => return,
                 }
+            } else if commands.is_closed() {
+                // Every `Client` is gone, so no caller waits (a caller holds
+                // one): stop redialing.
+                return;
             }
             match connect(addr, id, &opts).await {
                 Ok(c) => {
