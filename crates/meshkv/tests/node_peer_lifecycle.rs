@@ -2,7 +2,8 @@
 //! (a losing duplicate dial or a replaced link is not announced nor
 //! reported gone), a peer removed mid-handshake is not linked, re-adding a
 //! peer leaves one dial loop, shutdown is prompt with silent peers and
-//! half-open sockets, and a push-only link reports `Live`.
+//! half-open sockets and leaves the store free to reopen, and a push-only
+//! link reports `Live`.
 
 mod common;
 use common::{eventually, loopback};
@@ -213,4 +214,34 @@ async fn a_push_only_link_reports_live() {
     .await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A client that stops reading replies holds its session in a write until
+/// the idle timeout; shutdown aborts it after its 5 s bound. The store must
+/// be free to open again once `shutdown` returns (a restart on the same
+/// directory), not still held by the aborted session.
+#[tokio::test(flavor = "current_thread")]
+async fn the_store_can_be_reopened_once_shutdown_returns_with_a_client_that_does_not_read() {
+    use meshkv::protocol::{codec, Message, Request};
+    use tokio::io::AsyncWriteExt;
+    let d = tempfile::tempdir().unwrap();
+    let a = start(&d).await;
+    a.db().put("big", vec![7u8; 4 << 20]).unwrap();
+    let mut raw = TcpStream::connect(a.local_addr().unwrap()).await.unwrap();
+    let mut out = b"MKV1\x00".to_vec();
+    codec::encode(&common::client_hello(), &mut out);
+    for id in 1..=64 {
+        codec::encode(&Message::Request { id, request: Request::Get { key: b"big".to_vec() } }, &mut out);
+    }
+    raw.write_all(&out).await.unwrap();
+    // 256 MiB of replies, never read: the session blocks writing them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    a.shutdown().await;
+    eprintln!("shutdown took {:?}", t.elapsed());
+    match Db::open(d.path(), Options::default()) {
+        Ok(db) => assert_eq!(db.get("big").unwrap().map(|v| v.len()), Some(4 << 20)),
+        Err(e) => panic!("reopening the store right after shutdown returned: {e}"),
+    }
+    drop(raw);
 }

@@ -44,6 +44,9 @@ pub(crate) struct ConnCtx {
     /// Secrets connections must prove (none: plaintext).
     pub security: Security,
     pub started: Instant,
+    /// Held by every clone, so by every task that may use the store through
+    /// one: [`Node::shutdown`](super::Node::shutdown) waits until all are gone.
+    pub alive: mpsc::Sender<()>,
 }
 
 impl ConnCtx {

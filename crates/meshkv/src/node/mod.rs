@@ -208,6 +208,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     ctx: ConnCtx,
+    /// Ends once every clone of `ctx` is dropped (see [`ConnCtx::alive`]).
+    released: tokio::sync::mpsc::Receiver<()>,
     cfg: NodeConfig,
 }
 
@@ -266,6 +268,7 @@ impl Node {
             }
             false => (None, None),
         };
+        let (alive, released) = tokio::sync::mpsc::channel(1);
         let ctx = ConnCtx {
             db: db.clone(),
             exchange: learned_tx.clone().filter(|_| cfg.peer_exchange),
@@ -286,6 +289,7 @@ impl Node {
             max_frame: cfg.max_frame,
             security: cfg.security.clone(),
             started: Instant::now(),
+            alive,
         };
         let metrics = Arc::new(metrics::NodeMetrics::new(db.clone(), Arc::clone(&registry), ctx.started));
         let mut node = Node {
@@ -299,6 +303,7 @@ impl Node {
             shutdown,
             tasks: JoinSet::new(),
             ctx,
+            released,
             cfg: cfg.clone(),
         };
         if let (Some(listener), Some(addr)) = (metrics_listener, metrics_addr) {
@@ -391,7 +396,9 @@ impl Node {
     }
 
     /// Stops accepting, closes every link with a `Close`, and waits for
-    /// the tasks to finish. The store stays open.
+    /// the tasks to finish (at most 5 s, then aborts the rest). The store
+    /// stays open; once this returns no task of the node uses it, so it can
+    /// be closed and opened again.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         self.registry.close_all();
@@ -401,6 +408,12 @@ impl Node {
         if drained.is_err() {
             self.tasks.abort_all();
         }
+        // Aborted tasks, and the connections the accept loop spawned, are
+        // dropped at their next poll, not by `abort_all`: wait for that.
+        let (closed, _) = tokio::sync::mpsc::channel(1);
+        drop(std::mem::replace(&mut self.ctx.alive, closed));
+        while self.tasks.join_next().await.is_some() {}
+        while self.released.recv().await.is_some() {}
     }
 }
 
