@@ -18,6 +18,9 @@ pub struct ScanStream {
     last: Option<Vec<u8>>,
     delivered: usize,
     done: bool,
+    /// A request is out: if `next` is entered again with this set, the
+    /// call that sent it was cancelled.
+    in_flight: bool,
 }
 
 impl ScanStream {
@@ -31,10 +34,13 @@ impl ScanStream {
             last: None,
             delivered: 0,
             done: false,
+            in_flight: false,
         }
     }
 
-    /// The next entry, `None` at the end.
+    /// The next entry, `None` at the end. Cancel-safe: after a call
+    /// dropped before it returned, the next one goes on right after the
+    /// last entry returned.
     pub async fn next(&mut self) -> Option<Result<Entry>> {
         loop {
             if let Some(mut e) = self.buffered.pop_front() {
@@ -65,6 +71,15 @@ impl ScanStream {
     }
 
     async fn fetch(&mut self) -> Result<()> {
+        if self.in_flight {
+            // A cancelled call left its request unanswered: the chunk it
+            // asked for is dropped when it comes (and its cursor closed),
+            // so the cursor's position is unknown. Reopen after the last
+            // entry handed out instead.
+            if let Some(cursor) = self.cursor.take() {
+                self.client.forget(Request::ScanClose { cursor });
+            }
+        }
         loop {
             let request = match self.cursor {
                 Some(cursor) => Request::ScanMore { cursor },
@@ -73,7 +88,10 @@ impl ScanStream {
             // A timeout ends the scan (as it ends any call): the request may
             // still open a cursor, which is closed when its reply comes;
             // resuming instead would open one more cursor per timeout.
-            let Some(reply) = self.client.call_within(request).await else { return Err(super::timed_out()) };
+            self.in_flight = true;
+            let reply = self.client.call_within(request).await;
+            self.in_flight = false;
+            let Some(reply) = reply else { return Err(super::timed_out()) };
             match reply {
                 Ok(Response::Chunk { cursor, entries, done }) => {
                     self.cursor = (!done).then_some(cursor);
