@@ -1,8 +1,8 @@
 //! The remote client (the multileveldown role): talks to a running node over
 //! TCP. Requests are pipelined over one connection; with `retry` on, a lost
-//! connection is re-established and pending requests are re-sent, applied at
-//! most once (the node remembers request ids), and scans resume after the
-//! last key received.
+//! connection is re-established and pending requests are re-sent, applied
+//! once while the node remembers their request ids (not across its restart),
+//! and scans resume after the last key received.
 //!
 //! With a cluster secret ([`ClientOptions::secret`]) the connection is
 //! authenticated and encrypted. For the lowest latency run the client on a
@@ -32,8 +32,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Re-send pending requests after a reconnect (default `true`). Off:
-    /// they fail with [`ErrorCode::ConnectionLost`].
+    /// Re-send pending requests after a reconnect (default `true`). A
+    /// write is then applied once, unless the node forgot its reply: past
+    /// its retry memory, or because it restarted meanwhile. Off: they fail
+    /// with [`ErrorCode::ConnectionLost`].
     pub retry: bool,
     /// Cluster name the node must have (default `meshkv`).
     pub cluster: String,

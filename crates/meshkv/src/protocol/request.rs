@@ -205,7 +205,9 @@ pub enum ErrorCode {
     Rejected,
     /// The request was malformed or exceeded a limit.
     BadRequest,
-    /// The connection was lost and the request was not retried.
+    /// The connection was lost and the request was not retried, or no
+    /// reply came within the request timeout: a write may or may not have
+    /// been applied.
     ConnectionLost,
     /// The client is not allowed in.
     Unauthorized,
