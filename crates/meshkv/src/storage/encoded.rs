@@ -3,15 +3,15 @@
 //! on the way (docs/ALGORITHM.md §5, "Framing").
 //!
 //! An [`EncodedRecord`] is checked well-formed when it is made, by a parse
-//! that reads each version's dot and timestamp and borrows its value instead
-//! of copying it. It accepts the canonical encodings among the bytes
+//! that reads each version's dot and timestamp and skips its value. It
+//! accepts the canonical encodings among the bytes
 //! [`Record::decode`] accepts: nothing after the record, no number written
 //! in more bytes than it needs. So a record stored as it came is byte for
 //! byte the one a decode and re-encode would have stored.
 
 use super::record::{check_shape, Record, RECORD_FORMAT};
 use crate::clock::Hlc;
-use crate::version::{Dot, NodeId, Seq};
+use crate::version::{Dot, NodeId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A well-formed record in the storage encoding ([`Record::encode`]), with
@@ -39,13 +39,8 @@ impl EncodedRecord {
         if format != RECORD_FORMAT {
             return None;
         }
-        let view: RecordView = postcard::from_bytes(body).ok()?;
-        let Versions { first, more, max_hlc, size } = view.versions;
-        check_shape(more.len() + usize::from(first.is_some()), view.winner).ok()?;
-        if size + varint_len(u64::from(view.winner)) != body.len() {
-            return None;
-        }
-        Some(EncodedRecord { bytes, first: first?, more, max_hlc })
+        let (first, more, max_hlc) = parse_body(body)?;
+        Some(EncodedRecord { bytes, first, more, max_hlc })
     }
 
     /// Encodes `record`.
@@ -149,127 +144,76 @@ impl<'de> Deserialize<'de> for EncodedRecord {
     }
 }
 
-/// [`Record`]'s layout, keeping what [`EncodedRecord`] needs.
-#[derive(Deserialize)]
-struct RecordView {
-    versions: Versions,
-    winner: u32,
-}
+/// A cursor over a record's encoding that reads only canonical postcard:
+/// varints in as few bytes as they need, and no `u64` past its range.
+struct Reader<'a>(&'a [u8]);
 
-/// [`Version`](super::Version)'s layout; the value is borrowed and the
-/// causal context read without being stored.
-#[derive(Deserialize)]
-struct VersionView<'a> {
-    dot: Dot,
-    hlc: Hlc,
-    deps: SkippedDeps,
-    #[serde(borrow)]
-    value: Option<&'a [u8]>,
-}
-
-impl VersionView<'_> {
-    /// Length of the version's canonical encoding.
-    fn canonical_len(&self) -> usize {
-        let value = self.value.map_or(0, |v| varint_len(v.len() as u64) + v.len());
-        varint_len(self.dot.origin.0) + varint_len(self.dot.seq) + varint_len(self.hlc.0) + self.deps.len + 1 + value
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
     }
-}
 
-/// Bytes of `x` as a postcard varint (7 bits a byte).
-fn varint_len(x: u64) -> usize {
-    (64 - (x | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// The dots and highest timestamp of a sequence of [`VersionView`]s, and
-/// the length of the sequence's canonical encoding.
-struct Versions {
-    first: Option<Dot>,
-    more: Vec<Dot>,
-    max_hlc: Hlc,
-    size: usize,
-}
-
-impl<'de> Deserialize<'de> for Versions {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Versions;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a sequence of versions")
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Versions, A::Error> {
-                let mut out = Versions { first: None, more: Vec::new(), max_hlc: Hlc::default(), size: 0 };
-                let mut count = 0u64;
-                while let Some(v) = seq.next_element::<VersionView<'de>>()? {
-                    match out.first {
-                        None => out.first = Some(v.dot),
-                        Some(_) => out.more.push(v.dot),
-                    }
-                    out.max_hlc = out.max_hlc.max(v.hlc);
-                    out.size += v.canonical_len();
-                    count += 1;
-                }
-                out.size += varint_len(count);
-                Ok(out)
+    fn varint(&mut self) -> Option<u64> {
+        let mut out = 0u64;
+        for i in 0..10 {
+            let b = self.byte()?;
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                // A last byte of 0 after others is an overlong encoding; the
+                // tenth byte holds the 64th bit only.
+                let canonical = (i == 0 || b != 0) && (i < 9 || b == 1);
+                return canonical.then_some(out);
             }
         }
-        deserializer.deserialize_seq(Visitor)
+        None
+    }
+
+    fn skip(&mut self, n: u64) -> Option<()> {
+        let n = usize::try_from(n).ok().filter(|&n| n <= self.0.len())?;
+        self.0 = &self.0[n..];
+        Some(())
     }
 }
 
-/// A version vector's layout (a sequence of `(origin, seq)`), read for the
-/// length of its canonical encoding and dropped; only the canonical form
-/// (origins strictly ascending, no zero seq) passes, as `VersionVector`'s
-/// own decoding requires, so whatever parses also decodes.
-struct SkippedDeps {
-    len: usize,
-}
-
-impl<'de> Deserialize<'de> for SkippedDeps {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = SkippedDeps;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a version vector")
+/// Reads a record's body (after the format byte) in [`Record`]'s postcard
+/// layout — versions (dot, timestamp, causal context, optional value), then
+/// the winner's index — keeping the dots and highest timestamp. The causal
+/// contexts must be canonical version vectors (origins strictly ascending,
+/// no zero seq), as their decoding requires, so whatever parses decodes.
+fn parse_body(body: &[u8]) -> Option<(Dot, Vec<Dot>, Hlc)> {
+    let mut r = Reader(body);
+    let count = r.varint()?;
+    let (mut first, mut more, mut max_hlc) = (None, Vec::new(), Hlc::default());
+    // Each version takes at least five bytes: a bogus count runs out of them.
+    for _ in 0..count {
+        let dot = Dot::new(NodeId(r.varint()?), r.varint()?);
+        max_hlc = max_hlc.max(Hlc(r.varint()?));
+        let mut prev = None;
+        for _ in 0..r.varint()? {
+            let (origin, seq) = (r.varint()?, r.varint()?);
+            if seq == 0 || prev.is_some_and(|p| p >= origin) {
+                return None;
             }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SkippedDeps, A::Error> {
-                let (mut len, mut count, mut prev) = (0, 0u64, None);
-                while let Some((origin, s)) = seq.next_element::<(NodeId, Seq)>()? {
-                    if s == 0 || prev.is_some_and(|p| p >= origin) {
-                        let what = serde::de::Unexpected::Other("a non-canonical version vector");
-                        return Err(serde::de::Error::invalid_value(what, &self));
-                    }
-                    prev = Some(origin);
-                    len += varint_len(origin.0) + varint_len(s);
-                    count += 1;
-                }
-                Ok(SkippedDeps { len: len + varint_len(count) })
-            }
+            prev = Some(origin);
         }
-        // The derived `Deserialize` of `VersionVector` reads a newtype
-        // around a sequence; postcard encodes the newtype as its content.
-        deserializer.deserialize_newtype_struct("VersionVector", NewtypeVisitor(Visitor))
+        match r.byte()? {
+            0 => {}
+            1 => {
+                let len = r.varint()?;
+                r.skip(len)?;
+            }
+            _ => return None,
+        }
+        match first {
+            None => first = Some(dot),
+            Some(_) => more.push(dot),
+        }
     }
-}
-
-/// Visits a newtype struct by handing its content to `V` as a sequence.
-struct NewtypeVisitor<V>(V);
-
-impl<'de, V: serde::de::Visitor<'de, Value = SkippedDeps>> serde::de::Visitor<'de> for NewtypeVisitor<V> {
-    type Value = SkippedDeps;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a version vector")
-    }
-
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<SkippedDeps, D::Error> {
-        deserializer.deserialize_seq(self.0)
-    }
+    let winner = u32::try_from(r.varint()?).ok()?;
+    check_shape(more.len() + usize::from(first.is_some()), winner).ok()?;
+    r.0.is_empty().then_some((first?, more, max_hlc))
 }
 
 #[cfg(test)]
@@ -342,7 +286,36 @@ mod tests {
         assert!(EncodedRecord::parse(overlong).is_none());
     }
 
+    /// Numbers at the edges of their range: the largest `u64` (ten bytes)
+    /// parses, one bit more does not; a winner index past `u32` does not.
+    #[test]
+    fn varints_at_the_edge_of_their_range() {
+        let max = Version { dot: Dot::new(NodeId(u64::MAX), u64::MAX), ..v(1, 1, &[(u64::MAX, u64::MAX)], None) };
+        let bytes = Record::single(max).encode();
+        let e = EncodedRecord::parse(bytes.clone()).expect("parses");
+        assert_eq!(e.dots().next(), Some(Dot::new(NodeId(u64::MAX), u64::MAX)));
+        // The origin's tenth byte (after the format byte and the count) set to 2.
+        let mut past = bytes.clone();
+        assert_eq!(past[11], 1);
+        past[11] = 2;
+        assert!(Record::decode(&past).is_none() && EncodedRecord::parse(past).is_none());
+        let mut wide = bytes;
+        wide.pop();
+        wide.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert!(Record::decode(&wide).is_none() && EncodedRecord::parse(wide).is_none());
+    }
+
     proptest::proptest! {
+        /// On any bytes after the format byte, the parse accepts exactly the
+        /// canonical encodings `Record::decode` accepts.
+        #[test]
+        fn parse_of_arbitrary_bytes_agrees_with_decode(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)) {
+            let bytes = [&[RECORD_FORMAT][..], &body].concat();
+            let decoded = Record::decode(&bytes);
+            let canonical = decoded.as_ref().is_some_and(|d| d.encode() == bytes);
+            proptest::prop_assert_eq!(EncodedRecord::parse(bytes).is_some(), canonical);
+        }
+
         /// The parse accepts every encoding `Record::encode` makes, only
         /// bytes `Record::decode` accepts, and reads the same dots and
         /// timestamp.

@@ -20,7 +20,8 @@
 //! `Options::key_filter_bytes` is spent it gives up and answers "maybe" for
 //! every key: writes then read every key, as without a filter.
 
-use fastbloom::{BloomFilter, DefaultHasher};
+use fastbloom::BloomFilter;
+use foldhash::quality::FixedState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,7 +39,8 @@ const SCAN_CHUNK: usize = 4096;
 /// A superset of the keys that hold a record; see the module documentation.
 pub(crate) struct KeyFilter {
     /// Shared by every generation, so a key is hashed once, outside the lock.
-    hasher: DefaultHasher,
+    /// Seeded at random: keys chosen to collide can only cost reads.
+    hasher: FixedState,
     state: Mutex<State>,
 }
 
@@ -81,7 +83,7 @@ impl KeyFilter {
         let mut state =
             State { complete: existing.is_none(), given_up: false, generations: Vec::new(), seed, max_bytes };
         state.grow(capacity);
-        KeyFilter { hasher: DefaultHasher::seeded(&seed.to_be_bytes()), state: Mutex::new(state) }
+        KeyFilter { hasher: FixedState::with_seed(seed as u64), state: Mutex::new(state) }
     }
 
     /// The hash of `key` that [`FilterGuard`] takes (the same for every

@@ -152,17 +152,13 @@ impl Inner {
 /// log (interrupted, or held back): the first and last data keys they cover.
 const META_INGEST: &[u8] = b"ingest";
 
-/// Writes change-log entries of remote dots into new log tables. Sorted
-/// here (the engine requires ascending keys); a dot named twice, which only a
-/// misbehaving peer sends (one write under two keys), keeps one entry.
-fn ingest_log_entries(log: &fjall::Keyspace, mut entries: Vec<LogEntry>) -> Result<()> {
+/// Writes change-log entries of remote dots, ascending and one per dot (as
+/// [`PendingLog::take`](super::pending::PendingLog::take) gives them), into
+/// new log tables.
+fn ingest_log_entries(log: &fjall::Keyspace, entries: Vec<LogEntry>) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    // Log keys are big-endian (origin, seq): as one integer they compare
-    // without a `memcmp` call.
-    entries.sort_unstable_by_key(|e| u128::from_be_bytes(e.0));
-    entries.dedup_by(|a, b| a.0 == b.0);
     let mut tables = log.start_ingestion()?;
     for (k, v) in entries {
         tables.write(fjall::Slice::new(&k), v)?;

@@ -61,19 +61,66 @@ impl PendingLog {
         self.bytes >= HOLD_BYTES
     }
 
-    /// Takes the entries to write, without the superseded ones.
+    /// Takes the entries to write, in key order, one per dot (a dot named
+    /// twice, which only a misbehaving peer sends, keeps one), without the
+    /// superseded ones.
     pub fn take(&mut self) -> Vec<LogEntry> {
         let superseded = std::mem::take(&mut self.superseded);
         let mut entries = std::mem::take(&mut self.entries);
         entries.retain(|(k, _)| !superseded.contains(k));
         *self = PendingLog::default();
-        entries
+        sorted(entries)
     }
 
     /// Forgets everything (the caller restored the entries another way).
     pub fn clear(&mut self) {
         *self = PendingLog::default();
     }
+}
+
+/// `entries` sorted by log key (origin, then seq), one per key.
+///
+/// A bootstrap streams records in key order, so the seqs of one origin
+/// arrive scattered but fill most of their range: entries are grouped by
+/// origin (few distinct ones), and a dense group is put in order by placing
+/// each entry at its seq's offset, in linear time. Sparse groups are sorted.
+fn sorted(mut entries: Vec<LogEntry>) -> Vec<LogEntry> {
+    // Log keys are big-endian (origin, seq).
+    let origin = |e: &LogEntry| (u128::from_be_bytes(e.0) >> 64) as u64;
+    let seq = |e: &LogEntry| u128::from_be_bytes(e.0) as u64;
+    entries.sort_unstable_by_key(origin);
+    let mut out = Vec::with_capacity(entries.len());
+    let mut start = 0;
+    while start < entries.len() {
+        let o = origin(&entries[start]);
+        let end = start + entries[start..].partition_point(|e| origin(e) == o);
+        let group = &mut entries[start..end];
+        let (min, max) = group.iter().map(seq).fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        let span = max - min;
+        if span < 4 * group.len() as u64 && group.len() < u32::MAX as usize {
+            // Offsets into the group by seq; `u32::MAX`: no entry.
+            let mut slots = vec![u32::MAX; span as usize + 1];
+            for (i, e) in group.iter().enumerate() {
+                let slot = &mut slots[(seq(e) - min) as usize];
+                if *slot == u32::MAX {
+                    *slot = i as u32;
+                }
+            }
+            for i in slots.into_iter().filter(|&i| i != u32::MAX) {
+                let (key, value) = &mut group[i as usize];
+                out.push((*key, std::mem::take(value)));
+            }
+        } else {
+            group.sort_unstable_by_key(seq);
+            for (key, value) in group.iter_mut() {
+                if out.last().is_none_or(|(last, _): &LogEntry| last != key) {
+                    out.push((*key, std::mem::take(value)));
+                }
+            }
+        }
+        start = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -83,6 +130,38 @@ mod tests {
 
     fn entry(seq: u64, key: &str) -> LogEntry {
         (keys::log_key(Dot::new(NodeId(9), seq)), fjall::Slice::new(key.as_bytes()))
+    }
+
+    proptest::proptest! {
+        /// Dense or sparse, one origin or several, repeated dots or not: the
+        /// entries come out as a sort by key that keeps one per key.
+        #[test]
+        fn entries_are_taken_sorted_and_once(
+            dots in proptest::collection::vec((0u64..4, 0u64..u64::MAX), 0..2000),
+            range in 1u64..3000,
+            sparse in proptest::prelude::any::<bool>(),
+        ) {
+            let mut p = PendingLog::default();
+            let stretch = if sparse { 1_000_003 } else { 1 };
+            let entries: Vec<LogEntry> =
+                dots.iter().map(|&(o, s)| entry_of(o, 1 + s % range * stretch, s % range)).collect();
+            let mut expected: Vec<[u8; LOG_KEY_LEN]> = entries.iter().map(|(k, _)| *k).collect();
+            expected.sort_unstable();
+            expected.dedup();
+            p.hold(b"a", b"z", entries);
+            let taken = p.take();
+            proptest::prop_assert_eq!(taken.iter().map(|(k, _)| *k).collect::<Vec<_>>(), expected);
+            for (k, v) in &taken {
+                let seq = keys::parse_log_key(k).expect("key").seq;
+                let tag = ((seq - 1) / stretch).to_be_bytes();
+                proptest::prop_assert_eq!(v.as_ref(), tag.as_slice());
+            }
+        }
+    }
+
+    /// An entry for `(origin, seq)` whose value names `tag`.
+    fn entry_of(origin: u64, seq: u64, tag: u64) -> LogEntry {
+        (keys::log_key(Dot::new(NodeId(origin), seq)), fjall::Slice::new(&tag.to_be_bytes()))
     }
 
     #[test]
