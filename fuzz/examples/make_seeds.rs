@@ -98,11 +98,12 @@ fn messages() -> Vec<Message> {
         mode: Mode::Sync,
         policy: 1,
         max_frame: codec::DEFAULT_MAX_FRAME as u64,
+        incarnation: 0x5eed_1dea_2026,
     };
     let ops = vec![BatchOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }, BatchOp::Delete { key: b"d".to_vec() }];
     let out = vec![
         Message::Hello(hello.clone()),
-        Message::Hello(Hello { role: Role::Client, node: NodeId(42), ..hello }),
+        Message::Hello(Hello { role: Role::Client, node: NodeId(42), incarnation: 0, ..hello }),
         Message::Digest { vv: vv.clone(), resume: Some(ResumePoint::Log(VersionVector::new())) },
         Message::Digest {
             vv: vv.clone(),

@@ -304,6 +304,7 @@ fn catch_up_progress_survives_a_peers_huge_vectors() {
         mode: Mode::Sync,
         policy: b.options().policy.fingerprint(),
         max_frame: 0,
+        incarnation: 0,
     };
     link.handle_message(Message::Hello(hello), 0).expect("hello");
     let snapshot: meshkv::VersionVector =

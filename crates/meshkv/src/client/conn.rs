@@ -21,6 +21,8 @@ pub(crate) struct Connected {
     writer: FrameWriter,
     /// The largest frame the node accepts.
     max_request: usize,
+    /// The node's incarnation (see [`Hello::incarnation`]).
+    incarnation: u64,
 }
 
 /// Requests are taken from callers only while less than this many bytes
@@ -58,6 +60,7 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
             mode: Mode::Sync,
             policy: 0,
             max_frame: opts.max_frame as u64,
+            incarnation: 0,
         };
         writer.send(&Message::Hello(hello)).await.map_err(|_| lost())?;
         match reader.next().await {
@@ -67,7 +70,7 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
                     Ok(n) => n,
                     Err(_) => usize::MAX,
                 };
-                Ok(Connected { reader, writer, max_request })
+                Ok(Connected { reader, writer, max_request, incarnation: h.incarnation })
             }
             Some(Ok(Message::Close { reason })) => Err(refused(reason)),
             Some(Ok(other)) => {
@@ -104,7 +107,7 @@ pub(crate) async fn run(
     let mut conn = Some(first);
     let mut backoff = opts.reconnect_min;
     loop {
-        let Some(Connected { mut reader, mut writer, max_request: limit }) = conn.take() else {
+        let Some(Connected { mut reader, mut writer, max_request: limit, incarnation }) = conn.take() else {
             // Not connected: wait for work (without retry) or reconnect.
             if !opts.retry && !state.has_pending() {
                 match commands.recv().await {
@@ -135,7 +138,7 @@ pub(crate) async fn run(
         max_request.store(limit, Ordering::Relaxed);
         state.set_max_request(limit);
         let mut out = Vec::new();
-        state.resend(&mut out);
+        state.resend(incarnation, &mut out);
         // A ping goes out when nothing was sent for `every`; the timer is
         // re-armed when it fires, not on every request.
         let every = opts.keepalive.max(Duration::from_millis(10));

@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 struct Pending {
     request: Request,
     reply: oneshot::Sender<Result<Response>>,
+    /// Encoded for a connection: the node may have it.
+    sent: bool,
 }
 
 struct Watch {
@@ -55,6 +57,9 @@ pub(super) struct InFlight {
     live_watches: HashMap<u64, u64>,
     /// The node's frame limit (0 until connected).
     max_request: usize,
+    /// The incarnation of the node the sent requests went to (`None`
+    /// until connected).
+    incarnation: Option<u64>,
 }
 
 impl InFlight {
@@ -71,8 +76,12 @@ impl InFlight {
     /// node's limit (the node would drop the connection, and a re-send
     /// would meet the same fate): then `false`, and `out` is unchanged.
     fn encode(&self, msg: &Message, out: &mut Vec<u8>) -> bool {
+        Self::encode_within(self.max_request, msg, out)
+    }
+
+    fn encode_within(limit: usize, msg: &Message, out: &mut Vec<u8>) -> bool {
         let before = out.len();
-        if codec::encode(msg, out) <= self.max_request {
+        if codec::encode(msg, out) <= limit {
             return true;
         }
         out.truncate(before);
@@ -94,7 +103,7 @@ impl InFlight {
                 let fits = self.encode(&msg, out);
                 let Message::Request { request, .. } = msg else { unreachable!("built above") };
                 if fits {
-                    self.pending.insert(rid, Pending { request, reply });
+                    self.pending.insert(rid, Pending { request, reply, sent: true });
                 } else {
                     let _ = reply.send(Err(too_large(self.max_request)));
                 }
@@ -116,7 +125,7 @@ impl InFlight {
         match cmd {
             Command::Call { request, reply } => {
                 let rid = self.take_id();
-                self.pending.insert(rid, Pending { request, reply });
+                self.pending.insert(rid, Pending { request, reply, sent: false });
             }
             Command::Watch { range, events, reply } => {
                 self.next_watch += 1;
@@ -125,15 +134,30 @@ impl InFlight {
         }
     }
 
-    /// On a new connection: encodes every pending request whose caller
-    /// still waits, and registers the watches again.
-    pub(super) fn resend(&mut self, out: &mut Vec<u8>) {
+    /// On a new connection to the node's `incarnation`: encodes every
+    /// pending request whose caller still waits, and registers the watches
+    /// again. If the node restarted since they were sent (another
+    /// incarnation), writes sent before fail with connection-lost instead:
+    /// the node no longer remembers their replies, so a re-send could
+    /// apply them twice.
+    pub(super) fn resend(&mut self, incarnation: u64, out: &mut Vec<u8>) {
         self.live_watches.clear();
         self.watch_requests.clear();
         self.pending.retain(|_, p| !p.reply.is_closed());
+        if self.incarnation.is_some_and(|before| before != incarnation) {
+            let unknown: Vec<u64> =
+                self.pending.iter().filter(|(_, p)| p.sent && p.request.is_write()).map(|(rid, _)| *rid).collect();
+            for rid in unknown {
+                if let Some(p) = self.pending.remove(&rid) {
+                    let _ = p.reply.send(Err(restarted()));
+                }
+            }
+        }
+        self.incarnation = Some(incarnation);
         let mut too_big = Vec::new();
-        for (rid, p) in &self.pending {
-            if !self.encode(&Message::Request { id: *rid, request: p.request.clone() }, out) {
+        for (rid, p) in &mut self.pending {
+            p.sent = true;
+            if !Self::encode_within(self.max_request, &Message::Request { id: *rid, request: p.request.clone() }, out) {
                 too_big.push(*rid);
             }
         }
@@ -259,6 +283,14 @@ impl InFlight {
             }
         }
     }
+}
+
+/// A write sent to a node that restarted before answering.
+fn restarted() -> super::Error {
+    crate::protocol::request::RemoteError::new(
+        crate::protocol::request::ErrorCode::ConnectionLost,
+        "the node restarted before answering: the write may or may not have been applied (not re-sent)",
+    )
 }
 
 fn too_large(limit: usize) -> super::Error {

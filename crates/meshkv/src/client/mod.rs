@@ -1,8 +1,9 @@
 //! The remote client (the multileveldown role): talks to a running node over
 //! TCP. Requests are pipelined over one connection; with `retry` on, a lost
-//! connection is re-established and pending requests are re-sent, applied
-//! once while the node remembers their request ids (not across its restart),
-//! and scans resume after the last key received.
+//! connection is re-established and pending requests are re-sent, writes
+//! applied at most once (the node remembers their request ids; a write sent
+//! to a node that restarted since fails instead of being re-sent), and scans
+//! resume after the last key received.
 //!
 //! With a cluster secret ([`ClientOptions::secret`]) the connection is
 //! authenticated and encrypted. For the lowest latency run the client on a
@@ -33,9 +34,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Re-send pending requests after a reconnect (default `true`). A
-    /// write is then applied once, unless the node forgot its reply: past
-    /// its retry memory, or because it restarted meanwhile. Off: they fail
-    /// with [`ErrorCode::ConnectionLost`].
+    /// write is then applied once, unless the node forgot its reply past
+    /// its retry memory. A write sent to a node that restarted before
+    /// answering (its `Hello` names another incarnation) is not re-sent:
+    /// it fails with [`ErrorCode::ConnectionLost`], applied or not. Off:
+    /// every request pending when the connection is lost fails with it.
     pub retry: bool,
     /// Cluster name the node must have (default `meshkv`).
     pub cluster: String,

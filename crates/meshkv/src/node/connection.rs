@@ -101,6 +101,9 @@ impl Ended {
 pub(crate) struct ServerState {
     pub options: ServerOptions,
     pub retries: RetryCache,
+    /// This start of the node (random, nonzero), stated to clients: the
+    /// retry memory is only good for clients of the same incarnation.
+    pub incarnation: u64,
     /// A client silent this long (or not reading our replies) is dropped.
     pub idle_timeout: Duration,
     /// Rate limit of the "refused connection" warning.

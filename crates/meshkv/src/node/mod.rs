@@ -278,6 +278,7 @@ impl Node {
             server: Arc::new(connection::ServerState {
                 options: cfg.server.clone(),
                 retries: retry::RetryCache::new(retry_memory),
+                incarnation: rand::random_range(1..=u64::MAX),
                 idle_timeout: Duration::from_millis(cfg.link.idle_timeout_ms),
                 refusal_log: connection::RateLimit::new(Duration::from_secs(5)),
                 next_cursor: std::sync::atomic::AtomicU64::new(1),

@@ -1,5 +1,7 @@
 //! The retry memory of a node's client server: replies to writes by
 //! (client, request id), so a request re-sent after a reconnect is answered once.
+//! It lives as long as the node's process: the incarnation in the node's
+//! `Hello` tells clients when it is gone (after a restart).
 
 use crate::protocol::request::{RemoteError, Response};
 use crate::version::NodeId;

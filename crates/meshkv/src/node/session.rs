@@ -113,6 +113,7 @@ pub(crate) async fn serve(
         mode: crate::protocol::Mode::Sync,
         policy: ctx.db.options().policy.fingerprint(),
         max_frame: ctx.max_frame as u64,
+        incarnation: ctx.server.incarnation,
     };
     if out.send(&Message::Hello(ours)).await.is_err() {
         return;

@@ -83,6 +83,7 @@ mod tests {
             mode: Mode::Sync,
             policy: 1,
             max_frame: 0,
+            incarnation: 0,
         })
     }
 

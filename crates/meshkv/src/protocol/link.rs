@@ -139,6 +139,7 @@ impl Link {
             mode: cfg.mode,
             policy: db.options().policy.fingerprint(),
             max_frame: 0,
+            incarnation: 0,
         };
         let mut link = Link {
             db,

@@ -12,8 +12,8 @@ pub const MAGIC: [u8; 4] = *b"MKV1";
 /// ([`CatchUpOrder`]) and typed resume points. 3: records in their storage
 /// encoding ([`Item::record`]). 4: peer exchange ([`Message::Peers`]). 5: clients
 /// stop watches ([`Request::Unwatch`](super::request::Request::Unwatch)), and
-/// [`Hello::max_frame`].
-pub const PROTOCOL_VERSION: u16 = 5;
+/// [`Hello::max_frame`]. 6: [`Hello::incarnation`].
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Most addresses one [`Message::Peers`] may carry.
 pub const MAX_SHARED_PEERS: usize = 64;
 
@@ -70,6 +70,11 @@ pub struct Hello {
     /// Largest frame the sender accepts (0: not stated). A node states
     /// it to clients, which then refuse larger requests themselves.
     pub max_frame: u64,
+    /// Random, nonzero, new each time the node starts (0: not stated, as
+    /// on peer links and from clients). A client that reconnects to another
+    /// incarnation does not re-send the writes it sent before: the node's
+    /// memory of their replies is gone (docs/ALGORITHM.md §6).
+    pub incarnation: u64,
 }
 
 /// One key's record in a batch.

@@ -205,9 +205,10 @@ pub enum ErrorCode {
     Rejected,
     /// The request was malformed or exceeded a limit.
     BadRequest,
-    /// The connection was lost and the request was not retried, or no
-    /// reply came within the request timeout: a write may or may not have
-    /// been applied.
+    /// The connection was lost and the request was not retried (retry
+    /// off, or a write sent to a node that restarted before answering), or
+    /// no reply came within the request timeout: a write may or may not
+    /// have been applied.
     ConnectionLost,
     /// The client is not allowed in.
     Unauthorized,

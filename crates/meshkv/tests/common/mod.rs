@@ -230,6 +230,7 @@ pub fn client_hello() -> meshkv::protocol::Message {
         mode: Mode::Sync,
         policy: 0,
         max_frame: 0,
+        incarnation: 0,
     })
 }
 
@@ -246,6 +247,7 @@ pub fn peer_hello(node: meshkv::NodeId, mode: meshkv::protocol::Mode) -> meshkv:
         mode,
         policy: meshkv::ConflictPolicy::LastWriterWins.fingerprint(),
         max_frame: 0,
+        incarnation: 0,
     })
 }
 
