@@ -292,7 +292,7 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
     let idle_ms = cfg.link.idle_timeout_ms;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         // The library's errors already name their cause: no `{:#}` chain.
         let db = Db::open(&s.data, options)
             .map_err(|e| anyhow!("cannot open the data directory {}: {e}", s.data.display()))?;
@@ -328,7 +328,11 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
         db.sync().map_err(|e| anyhow!("cannot flush the store on shutdown: {e}"))?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Dropping the runtime would wait for a worker blocked in synchronous
+    // code, which shutdown gave up on (it warned): do not.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 /// Logs link events until Ctrl-C or SIGTERM; returns which one. (The node

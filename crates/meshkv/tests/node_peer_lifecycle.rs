@@ -2,8 +2,8 @@
 //! (a losing duplicate dial or a replaced link is not announced nor
 //! reported gone), a peer removed mid-handshake is not linked, re-adding a
 //! peer leaves one dial loop, shutdown is prompt with silent peers and
-//! half-open sockets and leaves the store free to reopen, and a push-only
-//! link reports `Live`.
+//! half-open sockets and leaves the store free to reopen, is bounded even
+//! when a write hook never returns, and a push-only link reports `Live`.
 
 mod common;
 use common::{eventually, loopback};
@@ -244,4 +244,43 @@ async fn the_store_can_be_reopened_once_shutdown_returns_with_a_client_that_does
         Err(e) => panic!("reopening the store right after shutdown returned: {e}"),
     }
     drop(raw);
+}
+
+/// A write hook blocked far longer than shutdown's bounds holds a runtime
+/// worker, and with it the session and the store: no abort can drop that
+/// task. Shutdown gives up on it after its 5 s bound and
+/// `SHUTDOWN_RELEASE_WAIT` (with a warning) instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_though_a_write_hook_never_does() {
+    use meshkv::client::{Client, ClientOptions};
+    use meshkv::node::{ServerOptions, SHUTDOWN_RELEASE_WAIT};
+    use meshkv::protocol::BatchOp;
+    use std::sync::Mutex;
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(Some((entered_tx, release_rx)));
+    let hook = Arc::new(move |_: &[BatchOp]| {
+        if let Some((entered, release)) = gate.lock().expect("gate").take() {
+            let _ = entered.send(());
+            let _ = release.recv_timeout(Duration::from_secs(120));
+        }
+        Ok(())
+    });
+    let d = tempfile::tempdir().unwrap();
+    let server = ServerOptions { hook: Some(hook), ..ServerOptions::default() };
+    let a = start_cfg(&d, NodeConfig { server, ..NodeConfig::default() }).await;
+    let options = ClientOptions { retry: false, ..ClientOptions::default() };
+    let client = Client::connect(a.local_addr().unwrap(), options).await.expect("connect");
+    let put = tokio::spawn(async move { client.put("k", "v").await });
+    tokio::time::timeout(Duration::from_secs(20), entered_rx).await.expect("the write reaches the hook").unwrap();
+
+    let bound = Duration::from_secs(5) + SHUTDOWN_RELEASE_WAIT;
+    let t = Instant::now();
+    let stopped = tokio::time::timeout(bound + Duration::from_secs(5), a.shutdown()).await;
+    let took = t.elapsed();
+    // Released before asserting, so that the test's runtime can end.
+    release_tx.send(()).expect("release the hook");
+    let _ = tokio::time::timeout(Duration::from_secs(20), put).await;
+    assert!(stopped.is_ok(), "shutdown still waiting for the blocked hook after {took:?}");
+    assert!(took < bound + Duration::from_secs(3), "shutdown took {took:?}");
 }

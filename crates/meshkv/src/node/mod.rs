@@ -196,6 +196,10 @@ pub enum NodeError {
     Config(String),
 }
 
+/// How long [`Node::shutdown`] waits, after its 5 s bound and aborting the
+/// tasks still running, for them to be dropped and release the store.
+pub const SHUTDOWN_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// A running node. Dropping it (or [`Node::shutdown`]) stops replication.
 pub struct Node {
     db: Db,
@@ -399,7 +403,10 @@ impl Node {
     /// Stops accepting, closes every link with a `Close`, and waits for
     /// the tasks to finish (at most 5 s, then aborts the rest). The store
     /// stays open; once this returns no task of the node uses it, so it can
-    /// be closed and opened again.
+    /// be closed and opened again — unless a task is stuck in synchronous
+    /// code (a write hook that does not return, a write on a dead disk):
+    /// shutdown waits [`SHUTDOWN_RELEASE_WAIT`] more for the aborted tasks
+    /// to let go of the store, then logs a warning and returns anyway.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         self.registry.close_all();
@@ -410,11 +417,23 @@ impl Node {
             self.tasks.abort_all();
         }
         // Aborted tasks, and the connections the accept loop spawned, are
-        // dropped at their next poll, not by `abort_all`: wait for that.
+        // dropped at their next poll, not by `abort_all`: wait for that,
+        // but not for ever (a task blocked inside a poll is not dropped
+        // until that poll returns).
         let (closed, _) = tokio::sync::mpsc::channel(1);
         drop(std::mem::replace(&mut self.ctx.alive, closed));
-        while self.tasks.join_next().await.is_some() {}
-        while self.released.recv().await.is_some() {}
+        let released = tokio::time::timeout(SHUTDOWN_RELEASE_WAIT, async {
+            while self.tasks.join_next().await.is_some() {}
+            while self.released.recv().await.is_some() {}
+        })
+        .await;
+        if released.is_err() {
+            tracing::warn!(
+                waited = ?SHUTDOWN_RELEASE_WAIT,
+                "shutdown: tasks of the node are still blocked and hold the store (a write hook or a write \
+                 that does not return); returning without them: the data directory stays locked until they end"
+            );
+        }
     }
 }
 

@@ -24,7 +24,10 @@ const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 const REPLY_OVERHEAD: usize = 64 * 1024;
 
 /// A validation hook: sees every write (a put or delete is a batch of one)
-/// before it is applied; an `Err` refuses it with that message.
+/// before it is applied; an `Err` refuses it with that message. It runs
+/// on a runtime worker and must not block for long:
+/// [`Node::shutdown`](super::Node::shutdown) gives up on a session stuck
+/// in it after its bounds, leaving the store held.
 pub type WriteHook = dyn Fn(&[BatchOp]) -> Result<(), String> + Send + Sync;
 
 /// How a node serves remote clients.
