@@ -36,6 +36,25 @@
 //! - **reconnects** happen after a random backoff whenever two nodes that are
 //!   neighbours in the topology are up, not cut, and not connected.
 //!   Topologies: full mesh, or a chain or a star (transitive delivery).
+//! - **link modes**: in two seeds of five, each topology edge has, with
+//!   probability 1/2, a pair of modes other than sync/sync. As the handshake
+//!   decides, data flows from X to Y iff X's mode sends (sync, push) and Y's
+//!   receives (sync, pull), so an edge carries data one way (push/sync,
+//!   push/pull, sync/pull, …) or none (push/push, pull/pull). Edges are
+//!   turned back to sync/sync until the directed data flow is strongly
+//!   connected both over all nodes and over all but the node that leaves:
+//!   only then can the healed cluster converge. A link that will not send
+//!   drops its feed subscription at the handshake, as the runtime's does.
+//! - **membership**: in one seed of four a node starts with an empty store
+//!   only after writes were made (at a random point of the run, or at the
+//!   heal: a pure catch-up). In about one of seven a node leaves for good (one
+//!   whose absence keeps the topology connected; possibly before the late
+//!   joiner starts, which must then get that node's writes through others).
+//!   In one of five a node's directory is deleted and it comes back
+//!   50–800 ms later as an empty store with a new node id. A departure or a
+//!   wipe waits until every other store is open (and is dropped if the chaos
+//!   ends first); the process dies, its peers see a reset or silence, and
+//!   every byte in flight to or from it is lost.
 //! - **workload**: random puts, deletes and small multi-key batches on a few
 //!   overlapping keys, on random live nodes. Every write's version (dot, HLC,
 //!   causal context, value) is read back on its origin right after the write.
@@ -53,17 +72,33 @@
 //! periodically: a vector that covers a write the node does not hold is a
 //! permanent loss in general, but a later overwrite of the key can hide it
 //! from the final comparison, so it is caught where it happens. Then the run heals (no more writes,
-//! faults or partitions; every node up; the topology stays connected) and is
-//! driven until quiescent: every neighbour pair connected with both senders
-//! live, nothing but pings in flight, nothing left to send. Then every node
-//! must hold identical records and version vectors, `verify()` must be clean,
-//! each version vector must be exactly "every write ever made", and each key's
-//! record must equal the oracle: the frontier of all writes ever made to the
-//! key (those no other write causally supersedes) resolved by the policy —
-//! under last-writer-wins the single greatest write by `(hlc, origin, seq)`.
+//! faults or partitions; every node up but one that left, the late joiner
+//! started; the data flow stays strongly connected) and is driven until
+//! quiescent: every neighbour pair connected with both senders live, nothing
+//! but pings in flight, nothing left to send. Then every remaining node must
+//! hold identical records and version vectors, `verify()` must be clean, I3
+//! must hold against every write ever made, and each key's record must equal
+//! the oracle: the frontier of the *demanded* writes to the key (those no other
+//! demanded write causally supersedes) resolved by the policy — under
+//! last-writer-wins the single greatest by `(hlc, origin, seq)`.
+//!
+//! A write is demanded unless its origin's store was lost (left or wiped)
+//! before any remaining store held it. At each loss every other store is
+//! open, and the harness reads off them which writes of lost origins their
+//! records still hold: those stay demanded, the rest do not. A write that
+//! only reached a peer's memory is lost with it (key-order batches gathered
+//! but not yet applied are acknowledged, yet die with the connection); one
+//! that reached a peer's store and was superseded there no longer matters to
+//! any record. Likewise the version vectors must end at: for an origin whose
+//! store is there, its last write; for a lost origin, the highest coverage of
+//! it any remaining store had at the last loss (only peers' vectors can raise
+//! it, and none of them has more).
 //!
 //! The conflict policy is part of the seed (`seed % 8`: 0 = `PreferNodes`,
-//! 1 = a `Resolver`, otherwise last-writer-wins).
+//! 1 = a `Resolver`, otherwise last-writer-wins). Modes and membership
+//! changes (and what happens at them) come from a second generator seeded
+//! from the seed, so a seed that draws none of them runs exactly as it did
+//! before they existed.
 //!
 //! `cargo test` runs seeds 0..200 (four tests of 50, in parallel) and the
 //! regression seeds (`regression_seeds`: seeds that catch bugs planted back
@@ -165,6 +200,12 @@ fn seed_range(name: &str, seeds: Range<u64>) {
         ("change-feed lag", s.feed_lagged),
         ("split frames", s.split_frames),
         ("conflicts", s.conflicts),
+        ("one-way links", s.one_way_links),
+        ("links without data flow", s.no_flow_links),
+        ("late joiners", s.late_joins),
+        ("departures", s.departures),
+        ("wiped nodes", s.wipes),
+        ("writes lost with their origin", s.lost_writes),
     ];
     for (path, count) in exercised {
         assert!(count > 0, "{name}: no seed exercised {path}; the simulation lost coverage");

@@ -2,11 +2,12 @@
 
 use crate::BASE_WALL_MS;
 use meshkv::clock::PhysicalClock;
-use meshkv::protocol::LinkConfig;
+use meshkv::protocol::{LinkConfig, Mode};
 use meshkv::storage::{Choice, Version};
 use meshkv::{ConflictPolicy, NodeId, Options};
 use rand::rngs::StdRng;
 use rand::Rng;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -165,4 +166,122 @@ impl Params {
             link,
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Membership changes and link modes, drawn from a second generator
+
+/// Membership changes of one run: each is the node it happens to and the
+/// simulated time it is due.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    /// Starts with an empty store at this time (after the chaos: at the heal).
+    pub(crate) late_join: Option<(usize, u64)>,
+    /// Leaves for good: its store is never opened again.
+    pub(crate) leave: Option<(usize, u64)>,
+    /// Its directory is deleted; it comes back as a new store with a new id.
+    pub(crate) wipe: Option<(usize, u64)>,
+}
+
+impl Membership {
+    pub(crate) fn draw(ext: &mut StdRng, p: &Params, topology: &BTreeSet<(usize, usize)>) -> Membership {
+        let n = p.nodes;
+        let chaos = p.chaos_ms as f64;
+        let at = |ext: &mut StdRng, from: f64, to: f64| (chaos * ext.random_range(from..to)) as u64;
+        let late_join = ext.random_bool(0.25).then(|| (ext.random_range(0..n), at(ext, 0.2, 1.1)));
+        let joiner = late_join.map(|(j, _)| j);
+        // Only a node whose absence leaves the rest of the topology connected.
+        let leavers: Vec<usize> =
+            (0..n).filter(|&i| Some(i) != joiner && connected(n, Some(i), topology.iter().copied())).collect();
+        let leave = (ext.random_bool(0.15) && !leavers.is_empty())
+            .then(|| (leavers[ext.random_range(0..leavers.len())], at(ext, 0.1, 0.7)));
+        let wipeable: Vec<usize> = (0..n).filter(|&i| Some(i) != joiner && Some(i) != leave.map(|l| l.0)).collect();
+        let wipe = (ext.random_bool(0.2) && !wipeable.is_empty())
+            .then(|| (wipeable[ext.random_range(0..wipeable.len())], at(ext, 0.1, 0.8)));
+        Membership { late_join, leave, wipe }
+    }
+}
+
+/// The modes of each topology edge `(a, b)`, `a < b`: `(a's, b's)`. In two
+/// seeds of five some edges carry data one way only or not at all; the data
+/// flow must stay strongly connected over every node and over every node but
+/// the one that leaves, so edges are turned back to sync/sync (in a random
+/// order) until it is.
+pub(crate) fn draw_modes(
+    ext: &mut StdRng,
+    n: usize,
+    topology: &BTreeSet<(usize, usize)>,
+    leaver: Option<usize>,
+) -> BTreeMap<(usize, usize), (Mode, Mode)> {
+    const ALL: [Mode; 3] = [Mode::Sync, Mode::Push, Mode::Pull];
+    let mut modes: BTreeMap<(usize, usize), (Mode, Mode)> =
+        topology.iter().map(|&e| (e, (Mode::Sync, Mode::Sync))).collect();
+    if !ext.random_bool(0.4) {
+        return modes;
+    }
+    let mut mixed = Vec::new();
+    for (&edge, pair) in modes.iter_mut() {
+        if ext.random_bool(0.5) {
+            let i = ext.random_range(1..9); // any pair but sync/sync
+            *pair = (ALL[i / 3], ALL[i % 3]);
+            mixed.push(edge);
+        }
+    }
+    for i in (1..mixed.len()).rev() {
+        mixed.swap(i, ext.random_range(0..=i));
+    }
+    let strong = |modes: &BTreeMap<(usize, usize), (Mode, Mode)>| {
+        [None, leaver].iter().all(|&without| strongly_connected(n, without, &flows(modes)))
+    };
+    while !strong(&modes) {
+        let edge = mixed.pop().expect("all sync is strongly connected");
+        modes.insert(edge, (Mode::Sync, Mode::Sync));
+    }
+    modes
+}
+
+/// The directed edges data flows along: from X to Y iff X's mode sends and
+/// Y's mode receives (ALGORITHM.md §5, "Directions and modes").
+fn flows(modes: &BTreeMap<(usize, usize), (Mode, Mode)>) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (&(a, b), &(ma, mb)) in modes {
+        if ma.sends() && mb.receives() {
+            out.push((a, b));
+        }
+        if mb.sends() && ma.receives() {
+            out.push((b, a));
+        }
+    }
+    out
+}
+
+/// Nodes reachable from `from` along `edges`, never entering `without`.
+fn reach(n: usize, from: usize, without: Option<usize>, edges: &[(usize, usize)]) -> Vec<bool> {
+    let mut seen = vec![false; n];
+    seen[from] = true;
+    let mut todo = vec![from];
+    while let Some(x) = todo.pop() {
+        for &(a, b) in edges {
+            if a == x && !seen[b] && Some(b) != without {
+                seen[b] = true;
+                todo.push(b);
+            }
+        }
+    }
+    seen
+}
+
+/// Whether every node but `without` reaches every other along `edges`.
+fn strongly_connected(n: usize, without: Option<usize>, edges: &[(usize, usize)]) -> bool {
+    let Some(root) = (0..n).find(|&i| Some(i) != without) else { return true };
+    let back: Vec<(usize, usize)> = edges.iter().map(|&(a, b)| (b, a)).collect();
+    let fwd = reach(n, root, without, edges);
+    let bwd = reach(n, root, without, &back);
+    (0..n).all(|i| Some(i) == without || (fwd[i] && bwd[i]))
+}
+
+/// Whether the undirected `edges` connect every node but `without`.
+fn connected(n: usize, without: Option<usize>, edges: impl Iterator<Item = (usize, usize)>) -> bool {
+    let both: Vec<(usize, usize)> = edges.flat_map(|(a, b)| [(a, b), (b, a)]).collect();
+    strongly_connected(n, without, &both)
 }

@@ -4,12 +4,12 @@
 mod network;
 mod oracle;
 
-use crate::params::{Params, SimClock, Topology};
+use crate::params::{draw_modes, Membership, Params, SimClock, Topology};
 use crate::stats::Stats;
 use crate::HEAL_BUDGET_MS;
-use meshkv::protocol::CloseReason;
+use meshkv::protocol::{CloseReason, Mode};
 use meshkv::storage::Version;
-use meshkv::{Batch, Db, Dot, Options};
+use meshkv::{Batch, Db, Dot, NodeId, Options, Record};
 use network::{store_dir, Conn, End, Node};
 use oracle::{show, show_value};
 use rand::rngs::StdRng;
@@ -27,8 +27,25 @@ pub(crate) struct Sim {
     now: u64,
     time: Arc<AtomicU64>,
     p: Params,
+    /// Draws everything about membership changes and link modes, so that a
+    /// seed with none of them runs as it did before they existed.
+    ext: StdRng,
     nodes: Vec<Node>,
     topology: BTreeSet<(usize, usize)>,
+    /// Per topology edge `(a, b)`: the modes of `a`'s and `b`'s links.
+    modes: BTreeMap<(usize, usize), (Mode, Mode)>,
+    /// Membership changes still to come.
+    plan: Membership,
+    /// Every node id any store ever had.
+    used_ids: Vec<NodeId>,
+    /// Origins whose store is gone (left, or wiped): their writes survive
+    /// only through peers.
+    lost: BTreeSet<NodeId>,
+    /// Writes of lost origins some remaining store held at the last loss.
+    kept: BTreeSet<Dot>,
+    /// Per lost origin: the highest coverage of it in a remaining store at
+    /// the last loss.
+    floor: BTreeMap<NodeId, u64>,
     cut: BTreeSet<(usize, usize)>,
     conns: Vec<Conn>,
     next_conn: u64,
@@ -59,7 +76,7 @@ impl Sim {
             let skew_base = if i == 0 { 0 } else { p.far_skew_ms };
             let skew = AtomicU64::new(skew_base + rng.random_range(0..=2_000));
             let clock = Arc::new(SimClock { time: time.clone(), skew });
-            nodes.push(Node { id, dir, clock, skew_base, db: None, restart_at: 0 });
+            nodes.push(Node { id, dir, clock, skew_base, db: None, restart_at: 0, joined: false, gone: false });
         }
         let n = p.nodes;
         let topology: BTreeSet<(usize, usize)> = match p.topology {
@@ -76,14 +93,24 @@ impl Sim {
                 (0..n).filter(|&o| o != hub).map(|o| (hub.min(o), hub.max(o))).collect()
             }
         };
+        let mut ext = StdRng::seed_from_u64(seed ^ 0x6d65_6d62_6572_7368);
+        let plan = Membership::draw(&mut ext, &p, &topology);
+        let modes = draw_modes(&mut ext, n, &topology, plan.leave.map(|(i, _)| i));
         let mut sim = Sim {
             seed,
             rng,
             now: 0,
             time,
             p,
+            ext,
             nodes,
             topology,
+            modes,
+            plan,
+            used_ids: ids.clone(),
+            lost: BTreeSet::new(),
+            kept: BTreeSet::new(),
+            floor: BTreeMap::new(),
             cut: BTreeSet::new(),
             conns: Vec::new(),
             next_conn: 0,
@@ -94,9 +121,12 @@ impl Sim {
             stats: Stats { seeds: 1, ..Stats::default() },
             trace,
         };
-        sim.log(|| format!("params {:?}\nnode ids {ids:?}\ntopology {:?}", sim.p, sim.topology));
+        sim.log(|| format!("params {:?}\nnode ids {ids:?}\nmodes {:?}\nmembership {:?}", sim.p, sim.modes, sim.plan));
         for i in 0..n {
-            sim.open(i);
+            match sim.plan.late_join {
+                Some((j, at)) if j == i => sim.nodes[i].restart_at = at,
+                _ => sim.open(i),
+            }
         }
         sim
     }
@@ -139,6 +169,7 @@ impl Sim {
         let report = db.verify().expect("verify");
         assert!(report.is_ok(), "node {i}: verify after (re)open found problems: {:?}", report.problems);
         self.nodes[i].db = Some(db);
+        self.nodes[i].joined = true;
     }
 
     fn up(&self, i: usize) -> bool {
@@ -157,6 +188,7 @@ impl Sim {
                 self.stats.conflicts += db.conflict_count();
             }
         }
+        self.stats.lost_writes = self.lost_writes();
         self.stats.sim_ms = self.now;
         self.stats.writes = self.write_count;
         self.stats.fingerprint = self.fingerprint();
@@ -172,7 +204,7 @@ impl Sim {
             self.chaos(dt);
         }
         for i in 0..self.nodes.len() {
-            if !self.up(i) && self.nodes[i].restart_at <= self.now {
+            if !self.up(i) && !self.nodes[i].gone && self.nodes[i].restart_at <= self.now {
                 self.restart(i);
             }
         }
@@ -217,6 +249,18 @@ impl Sim {
                     let nodes = self.conns[c].nodes;
                     self.log(|| format!("node {} shuts down its link to {}", nodes[side], nodes[1 - side]));
                 }
+            }
+        }
+        if let Some((i, at)) = self.plan.leave {
+            if at <= self.now && self.may_lose(i) {
+                self.plan.leave = None;
+                self.lose(i, false);
+            }
+        }
+        if let Some((i, at)) = self.plan.wipe {
+            if at <= self.now && self.may_lose(i) {
+                self.plan.wipe = None;
+                self.lose(i, true);
             }
         }
         if self.now >= self.next_check {
@@ -309,6 +353,12 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) {
+        if !self.nodes[i].joined {
+            self.open(i);
+            self.stats.late_joins += 1;
+            self.log(|| format!("node {i} joins with an empty store"));
+            return;
+        }
         // Lingering connections of the old process are reset by the new one.
         self.conns.retain(|c| c.side_of(i).is_none());
         if self.rng.random_bool(0.3) {
@@ -318,6 +368,91 @@ impl Sim {
         }
         self.open(i);
         self.log(|| format!("node {i} restarts"));
+    }
+
+    /// A store may be lost once every other store is open, so that what
+    /// survives of it through them can be read off their stores.
+    fn may_lose(&self, i: usize) -> bool {
+        self.up(i) && (0..self.nodes.len()).all(|o| self.up(o) || self.nodes[o].gone || !self.nodes[o].joined)
+    }
+
+    /// Node `i` leaves for good, or (`wipe`) its directory is deleted and it
+    /// comes back later as a new store with a new node id. Either way its
+    /// process dies and every byte in flight to or from it is lost: its
+    /// peers see a reset or silence.
+    fn lose(&mut self, i: usize, wipe: bool) {
+        for conn in &mut self.conns {
+            let Some(side) = conn.side_of(i) else { continue };
+            if self.ext.random_bool(0.5) {
+                conn.dead = true;
+            } else {
+                conn.ends[side] = None;
+                conn.queues = Default::default();
+            }
+        }
+        self.conns.retain(|c| !c.dead);
+        if let Some(db) = self.nodes[i].db.take() {
+            self.stats.conflicts += db.conflict_count();
+            db.close_as_if_crashed();
+        }
+        let old = self.nodes[i].id;
+        self.lost.insert(old);
+        if wipe {
+            // Dropping the old directory deletes it.
+            self.nodes[i].dir = store_dir();
+            let id = loop {
+                let id = NodeId(self.ext.random::<u64>() | 1);
+                if !self.used_ids.contains(&id) {
+                    break id;
+                }
+            };
+            self.used_ids.push(id);
+            self.nodes[i].id = id;
+            self.nodes[i].restart_at = self.now + self.ext.random_range(50..=800);
+            self.stats.wipes += 1;
+            self.log(|| format!("node {i} is wiped: {old} is gone, it comes back as {id}"));
+        } else {
+            self.nodes[i].gone = true;
+            self.stats.departures += 1;
+            self.log(|| format!("node {i} ({old}) leaves for good"));
+        }
+        self.reckon_losses();
+    }
+
+    /// Writes gone with their origin's store before any other store held
+    /// them or a write that supersedes them.
+    fn lost_writes(&self) -> u64 {
+        let mut lost = 0;
+        for ws in self.writes.values() {
+            for w in ws.iter().filter(|w| !self.demanded(w)) {
+                if !ws.iter().any(|o| self.demanded(o) && o.deps.contains(w.dot)) {
+                    lost += 1;
+                }
+            }
+        }
+        lost
+    }
+
+    /// What the remaining stores hold of the lost origins: the writes the
+    /// oracle then demands, and the coverage the version vectors must end at.
+    fn reckon_losses(&mut self) {
+        let dbs: Vec<&Db> = self.nodes.iter().filter_map(|n| n.db.as_ref()).collect();
+        let lost = |w: &&Version| self.lost.contains(&w.dot.origin);
+        let mut kept = BTreeSet::new();
+        for (key, ws) in &self.writes {
+            if !ws.iter().any(|w| lost(&w)) {
+                continue;
+            }
+            let recs: Vec<Record> = dbs.iter().filter_map(|db| db.get_record(key).expect("get_record")).collect();
+            kept.extend(ws.iter().filter(lost).filter(|w| recs.iter().any(|r| r.has_dot(w.dot))).map(|w| w.dot));
+        }
+        self.kept = kept;
+        self.floor = self
+            .lost
+            .iter()
+            .map(|&o| (o, dbs.iter().map(|db| db.version_vector().get(o)).max().unwrap_or(0)))
+            .collect();
+        self.log(|| format!("lost origins {:?}: kept {:?}, floor {:?}", self.lost, self.kept, self.floor));
     }
 
     fn repartition(&mut self) {
@@ -358,7 +493,7 @@ impl Sim {
             conn.frozen = false;
         }
         for i in 0..self.nodes.len() {
-            if !self.up(i) {
+            if !self.up(i) && !self.nodes[i].gone {
                 self.restart(i);
             }
         }
@@ -376,8 +511,8 @@ impl Sim {
     /// Every neighbour pair connected, handshakes done, senders live and
     /// nothing but pings in flight.
     fn settled(&self) -> bool {
-        (0..self.nodes.len()).all(|i| self.up(i))
-            && self.topology.iter().all(|&pair| {
+        (0..self.nodes.len()).all(|i| self.up(i) || self.nodes[i].gone)
+            && self.topology.iter().filter(|&&(a, b)| !self.nodes[a].gone && !self.nodes[b].gone).all(|&pair| {
                 self.conns.iter().any(|c| {
                     c.pair() == pair
                         && !c.frozen
@@ -395,7 +530,7 @@ impl Sim {
         let mut s = String::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let vv = node.db.as_ref().map(|d| d.version_vector().to_string());
-            s += &format!("  node {i} {}: vv {vv:?}\n", node.id);
+            s += &format!("  node {i} {}: vv {vv:?} gone={}\n", node.id, node.gone);
         }
         for c in &self.conns {
             let end = |e: &Option<End>| match e {
@@ -409,9 +544,10 @@ impl Sim {
                 ),
             };
             s += &format!(
-                "  conn {} {:?}: [{}] [{}] in flight {}/{} frozen={}\n",
+                "  conn {} {:?} modes {:?}: [{}] [{}] in flight {}/{} frozen={}\n",
                 c.id,
                 c.nodes,
+                self.modes.get(&c.pair()),
                 end(&c.ends[0]),
                 end(&c.ends[1]),
                 c.queues[0].len(),

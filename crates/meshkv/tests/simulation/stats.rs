@@ -27,6 +27,14 @@ pub(crate) struct Stats {
     pub(crate) feed_lagged: u64,
     pub(crate) split_frames: u64,
     pub(crate) conflicts: u64,
+    /// Connections on which data flows one way only, or not at all.
+    pub(crate) one_way_links: u64,
+    pub(crate) no_flow_links: u64,
+    pub(crate) late_joins: u64,
+    pub(crate) departures: u64,
+    pub(crate) wipes: u64,
+    /// Writes whose origin's store was lost before they reached a peer's.
+    pub(crate) lost_writes: u64,
     pub(crate) sent: BTreeMap<&'static str, u64>,
     pub(crate) steps: u64,
     pub(crate) sim_ms: u64,
@@ -55,6 +63,12 @@ impl Stats {
         self.feed_lagged += o.feed_lagged;
         self.split_frames += o.split_frames;
         self.conflicts += o.conflicts;
+        self.one_way_links += o.one_way_links;
+        self.no_flow_links += o.no_flow_links;
+        self.late_joins += o.late_joins;
+        self.departures += o.departures;
+        self.wipes += o.wipes;
+        self.lost_writes += o.lost_writes;
         for (k, v) in &o.sent {
             *self.sent.entry(k).or_default() += v;
         }

@@ -4,7 +4,7 @@ use super::oracle::check_coverage;
 use super::Sim;
 use crate::params::{Policy, SimClock};
 use crate::stats::{describe, observe_sent, Direction};
-use meshkv::protocol::{codec, CloseReason, Link, LinkEvent, Message};
+use meshkv::protocol::{codec, CloseReason, Link, LinkConfig, LinkEvent, Message, Mode};
 use meshkv::storage::{FeedError, Subscription};
 use meshkv::{Db, KeyRange, NodeId};
 use rand::Rng;
@@ -22,14 +22,19 @@ pub(super) struct Node {
     /// Added to every skew this node's clock is given.
     pub(super) skew_base: u64,
     pub(super) db: Option<Db>,
-    /// When a crashed node comes back.
+    /// When a crashed or wiped node comes back, or a late joiner starts.
     pub(super) restart_at: u64,
+    /// Whether its store was ever opened (`false`: a late joiner not yet started).
+    pub(super) joined: bool,
+    /// Left for good.
+    pub(super) gone: bool,
 }
 
 /// One side of a connection: the feed subscription (taken before the link
-/// was created), the protocol state machine and the undecoded bytes received.
+/// was created, dropped at the handshake if the link will not send, as the
+/// runtime does), the protocol state machine and the undecoded bytes received.
 pub(super) struct End {
-    sub: Subscription,
+    sub: Option<Subscription>,
     pub(super) link: Link,
     rx: Vec<u8>,
 }
@@ -112,13 +117,15 @@ impl Sim {
     }
 
     fn connect(&mut self, a: usize, b: usize) {
-        let end = |i: usize| {
+        let (mode_a, mode_b) = self.modes[&(a, b)];
+        let end = |i: usize, mode: Mode| {
             let db = self.nodes[i].db.clone().expect("up");
             // Subscribe first, so the link misses no commit after its creation.
-            let sub = db.subscribe(KeyRange::all());
-            End { sub, link: Link::new(db, self.p.link.clone(), self.now), rx: Vec::new() }
+            let sub = Some(db.subscribe(KeyRange::all()));
+            let cfg = LinkConfig { mode, ..self.p.link.clone() };
+            End { sub, link: Link::new(db, cfg, self.now), rx: Vec::new() }
         };
-        let ends = [Some(end(a)), Some(end(b))];
+        let ends = [Some(end(a, mode_a)), Some(end(b, mode_b))];
         let id = self.next_conn;
         self.next_conn += 1;
         self.conns.push(Conn {
@@ -130,7 +137,7 @@ impl Sim {
             frozen: false,
             dead: false,
         });
-        self.log(|| format!("conn {id}: {a} <-> {b} opened"));
+        self.log(|| format!("conn {id}: {a} ({mode_a:?}) <-> {b} ({mode_b:?}) opened"));
     }
 
     /// Delivers what is due; checks coverage (I3) on the receiver after
@@ -201,8 +208,9 @@ impl Sim {
                 if chaos && self.p.pump_p < 1.0 && !self.rng.random_bool(self.p.pump_p) {
                     continue; // a slow consumer of the change feed
                 }
+                let Some(sub) = end.sub.as_mut() else { continue };
                 loop {
-                    match end.sub.try_recv_commit() {
+                    match sub.try_recv_commit() {
                         Ok(Some(commit)) => end.link.handle_commit(commit),
                         Ok(None) => break,
                         Err(FeedError::Lagged { .. }) => {
@@ -277,7 +285,19 @@ impl Sim {
                 let Some(end) = conn.ends[side].as_mut() else { continue };
                 while let Some(ev) = end.link.poll_event() {
                     match ev {
-                        LinkEvent::Connected { .. } => self.stats.connects += 1,
+                        LinkEvent::Connected { .. } => {
+                            self.stats.connects += 1;
+                            if side == 0 {
+                                match (end.link.sends(), end.link.receives()) {
+                                    (true, true) => {}
+                                    (false, false) => self.stats.no_flow_links += 1,
+                                    _ => self.stats.one_way_links += 1,
+                                }
+                            }
+                            if !end.link.sends() {
+                                end.sub = None;
+                            }
+                        }
                         LinkEvent::CaughtUp { .. } => self.stats.catch_ups += 1,
                         LinkEvent::Closed { reason, by_peer } => {
                             match reason {

@@ -24,9 +24,16 @@ impl Sim {
         }
     }
 
+    /// Whether the oracle demands write `w`: its origin's store is still
+    /// there, or a remaining store held it when the origin's was lost.
+    pub(super) fn demanded(&self, w: &Version) -> bool {
+        !self.lost.contains(&w.dot.origin) || self.kept.contains(&w.dot)
+    }
+
     /// The oracle: the record every node must hold for `key` after healing.
     fn expected(&self, key: &str) -> Option<(Vec<Version>, Dot)> {
-        let all: Vec<&Version> = self.writes.get(key).map(|ws| ws.iter().collect()).unwrap_or_default();
+        let all: Vec<&Version> =
+            self.writes.get(key).map(|ws| ws.iter().filter(|w| self.demanded(w)).collect()).unwrap_or_default();
         let mut frontier: Vec<Version> = all
             .iter()
             .filter(|w| !all.iter().any(|o| o.dot != w.dot && o.deps.contains(w.dot)))
@@ -64,30 +71,46 @@ impl Sim {
     }
 
     pub(super) fn check_converged(&self) {
-        let dbs: Vec<&Db> = self.nodes.iter().map(|n| n.db.as_ref().expect("all up after healing")).collect();
+        // Every node but those that left, with its index.
+        let dbs: Vec<(usize, &Db)> = (self.nodes.iter().enumerate())
+            .filter(|(_, n)| !n.gone)
+            .map(|(i, n)| (i, n.db.as_ref().expect("all up after healing")))
+            .collect();
         let mut expected_vv = VersionVector::new();
-        for w in self.writes.values().flatten() {
+        for w in self.writes.values().flatten().filter(|w| !self.lost.contains(&w.dot.origin)) {
             expected_vv.raise(w.dot.origin, w.dot.seq);
         }
-        for (i, db) in dbs.iter().enumerate() {
+        for (&origin, &seq) in self.floor.iter().filter(|(_, &seq)| seq > 0) {
+            expected_vv.raise(origin, seq);
+        }
+        let lww = matches!(self.p.policy, Policy::Lww);
+        for &(i, db) in &dbs {
             let report = db.verify().expect("verify");
             assert!(report.is_ok(), "node {i}: verify found problems: {:?}", report.problems);
             let vv = db.version_vector();
-            assert_eq!(vv, expected_vv, "node {i}: version vector differs from the set of all writes made");
+            assert_eq!(
+                vv, expected_vv,
+                "node {i}: version vector differs from the writes made (and the coverage of lost origins that \
+                 remained)"
+            );
+            check_coverage(i, db, &self.writes, lww);
         }
+        let first = dbs[0].0;
         for key in &self.p.keys {
-            let recs: Vec<Option<Record>> = dbs.iter().map(|db| db.get_record(key).expect("get_record")).collect();
-            for (i, rec) in recs.iter().enumerate().skip(1) {
+            let recs: Vec<Option<Record>> = dbs.iter().map(|(_, db)| db.get_record(key).expect("get_record")).collect();
+            for (&(i, _), rec) in dbs.iter().zip(&recs).skip(1) {
                 assert!(
                     rec == &recs[0],
-                    "{key:?}: node {i} and node 0 hold different records:\n  node {i}: {}\n  node 0: {}",
+                    "{key:?}: node {i} and node {first} hold different records:\n  node {i}: {}\n  node {first}: {}",
                     show(rec),
                     show(&recs[0])
                 );
             }
             match (self.expected(key), &recs[0]) {
                 (None, None) => {}
-                (None, Some(r)) => panic!("{key:?} was never written but nodes hold {}", show(&Some(r.clone()))),
+                (None, Some(r)) => {
+                    panic!("{key:?}: the oracle demands no write of it but nodes hold {}", show(&Some(r.clone())))
+                }
                 (Some(_), None) => panic!("{key:?} was written but no node holds it"),
                 (Some((versions, winner)), Some(r)) => {
                     assert!(
@@ -111,7 +134,7 @@ impl Sim {
             }
         }
         expected_live.sort();
-        for (i, db) in dbs.iter().enumerate() {
+        for &(i, db) in &dbs {
             let live: Vec<(Vec<u8>, Vec<u8>)> =
                 db.scan(Default::default()).map(|e| e.expect("scan")).map(|e| (e.key, e.value)).collect();
             assert_eq!(live, expected_live, "node {i}: scan differs from the oracle's live keys");
@@ -121,7 +144,7 @@ impl Sim {
     /// A digest of the final state, to check that a seed replays exactly.
     pub(super) fn fingerprint(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| !n.gone) {
             let db = node.db.as_ref().expect("up");
             db.version_vector().hash(&mut h);
             for key in &self.p.keys {
