@@ -191,7 +191,12 @@ impl Db {
         }
         let changes = self.commit_merged(&mut w, touched, &raise, ctx.resume, ingest)?;
         inner.remote_applied.fetch_add(report.changed as u64, Ordering::Relaxed);
-        inner.publish(&mut w, Source::Remote, ctx.from, changes);
+        // A commit of a resume point alone shows subscribers nothing; published,
+        // it would only take room in the feed and in live queues (a link that
+        // overflows restarts a catch-up).
+        if !changes.is_empty() || !raise.is_empty() {
+            inner.publish(&mut w, Source::Remote, ctx.from, changes);
+        }
         Ok(report)
     }
 

@@ -27,8 +27,8 @@ pub(crate) struct Sim {
     now: u64,
     time: Arc<AtomicU64>,
     p: Params,
-    /// Draws everything about membership changes and link modes, so that a
-    /// seed with none of them runs as it did before they existed.
+    /// Draws everything about membership changes and link modes, apart from
+    /// `rng` so that they shift none of its draws.
     ext: StdRng,
     nodes: Vec<Node>,
     topology: BTreeSet<(usize, usize)>,
