@@ -192,7 +192,7 @@ impl Sim {
         self.stats.sim_ms = self.now;
         self.stats.writes = self.write_count;
         self.stats.fingerprint = self.fingerprint();
-        self.stats
+        std::mem::take(&mut self.stats)
     }
 
     fn step(&mut self, chaos: bool) -> Activity {
@@ -556,5 +556,17 @@ impl Sim {
             );
         }
         s
+    }
+}
+
+impl Drop for Sim {
+    /// Closes every store before its directory is removed: removing it while
+    /// the engine's background threads still write there (dropping the last
+    /// handle waits for them) can leave files behind.
+    fn drop(&mut self) {
+        self.conns.clear();
+        for node in &mut self.nodes {
+            node.db = None;
+        }
     }
 }
