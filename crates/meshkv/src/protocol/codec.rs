@@ -2,7 +2,7 @@
 //! postcard-encoded [`Message`]. Pure functions over byte buffers; the
 //! runtime and the simulation feed them whatever bytes arrived.
 
-use super::message::Message;
+use super::message::{Message, MAGIC, PROTOCOL_VERSION};
 
 /// Default maximum frame size: the largest record (16 MiB value plus key and
 /// metadata) must fit, and nothing larger is ever buffered.
@@ -26,6 +26,15 @@ pub enum CodecError {
     /// The payload is not a valid message.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The payload is a handshake of another protocol version, whose
+    /// messages this build cannot read.
+    #[error("the other side speaks protocol version {theirs}, this build {ours}: run one version in a cluster")]
+    OtherVersion {
+        /// The version the handshake names.
+        theirs: u16,
+        /// [`PROTOCOL_VERSION`].
+        ours: u16,
+    },
 }
 
 /// Appends the frame of `msg` to `out`; returns the frame's length.
@@ -58,12 +67,22 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Message, usize)>, 
         return Err(CodecError::TooLarge { len, max: max_frame });
     }
     let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
-    let (msg, rest) =
-        postcard::take_from_bytes::<Message>(payload).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<Message>(payload).map_err(|e| match hello_version(payload) {
+        Some(theirs) if theirs != PROTOCOL_VERSION => CodecError::OtherVersion { theirs, ours: PROTOCOL_VERSION },
+        _ => CodecError::Malformed(e.to_string()),
+    })?;
     if !rest.is_empty() {
         return Err(CodecError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(Some((msg, HEADER_LEN + len)))
+}
+
+/// The version a payload names if it opens like a `Hello` of any version:
+/// its variant, [`MAGIC`] and the version are the first fields of every
+/// version's `Hello`.
+fn hello_version(payload: &[u8]) -> Option<u16> {
+    let ((variant, magic, version), _) = postcard::take_from_bytes::<(u32, [u8; 4], u16)>(payload).ok()?;
+    (variant == 0 && magic == MAGIC).then_some(version)
 }
 
 #[cfg(test)]
@@ -114,6 +133,28 @@ mod tests {
         assert_eq!((m, used), (hello(), n));
         let (m, _) = decode(&buf[n..], DEFAULT_MAX_FRAME).expect("ok").expect("frame");
         assert_eq!(m, Message::Ack { id: 9 });
+    }
+
+    /// Frames the payload of `msg` cut by its last `drop` bytes.
+    fn frame_without_tail(msg: &Message, drop: usize) -> Vec<u8> {
+        let mut payload = postcard::to_stdvec(msg).expect("encode");
+        payload.truncate(payload.len() - drop);
+        [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
+    }
+
+    /// A `Hello` of the version before (the layout without its last field)
+    /// is refused as another version, naming both; a broken `Hello` of this
+    /// version stays malformed.
+    #[test]
+    fn a_hello_of_another_version_is_named_as_such() {
+        let Message::Hello(h) = hello() else { unreachable!() };
+        let older = Message::Hello(Hello { version: PROTOCOL_VERSION - 1, ..h.clone() });
+        // The last field, `incarnation` 0, is one byte.
+        let err = decode(&frame_without_tail(&older, 1), DEFAULT_MAX_FRAME).expect_err("refused");
+        assert_eq!(err, CodecError::OtherVersion { theirs: PROTOCOL_VERSION - 1, ours: PROTOCOL_VERSION });
+        assert!(err.to_string().contains(&format!("protocol version {}", PROTOCOL_VERSION - 1)), "{err}");
+        let broken = decode(&frame_without_tail(&Message::Hello(h), 1), DEFAULT_MAX_FRAME).expect_err("refused");
+        assert!(matches!(broken, CodecError::Malformed(_)), "{broken:?}");
     }
 
     #[test]
