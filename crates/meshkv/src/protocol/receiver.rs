@@ -76,11 +76,13 @@ impl RecvHalf {
                 };
                 // Gathered batches must stay ascending (they are, from a
                 // well-behaved sender); otherwise apply what came before.
-                if self.gathered.items.last().is_some_and(|last| items.first().is_some_and(|i| i.key <= last.key)) {
+                if self.gathered.last_key().is_some_and(|last| items.first().is_some_and(|i| i.key.as_slice() <= last))
+                {
                     self.flush(db)?;
                 }
                 self.gathered.bytes += items.iter().map(|i| i.key.len() + i.record.len()).sum::<usize>();
-                self.gathered.items.extend(items);
+                self.gathered.len += items.len();
+                self.gathered.batches.push(items);
                 self.gathered.position = position.or(self.gathered.position.take());
                 if !more || self.gathered.bytes >= GATHER_BYTES {
                     self.flush(db)?;
@@ -126,10 +128,15 @@ impl RecvHalf {
         let Phase::CatchingUp { since, snapshot, order: CatchUpOrder::Key { skip } } = &self.phase else {
             return Ok(());
         };
-        if self.gathered.items.is_empty() && self.gathered.position.is_none() {
+        if self.gathered.len == 0 && self.gathered.position.is_none() {
             return Ok(());
         }
-        let Gathered { items, position, .. } = std::mem::take(&mut self.gathered);
+        let Gathered { batches, len, position, .. } = std::mem::take(&mut self.gathered);
+        // One move of each item, into a vector of the right size.
+        let mut items = Vec::with_capacity(len);
+        for batch in batches {
+            items.extend(batch);
+        }
         // While a resumed stream is still within the keys the stored point
         // already covers, that point says more: keep it (docs/ALGORITHM.md §5).
         let resume = position.filter(|key| skip.as_ref().is_none_or(|s| *key >= s.key)).map(|key| ResumePoint::Key {
@@ -170,10 +177,19 @@ const GATHER_BYTES: usize = 8 << 20;
 /// Key-order catch-up batches not applied yet.
 #[derive(Default)]
 struct Gathered {
-    items: Vec<Item>,
+    /// The batches as they came (not yet moved into one vector).
+    batches: Vec<Vec<Item>>,
+    /// Items in `batches`.
+    len: usize,
     bytes: usize,
     /// The stream position of the last batch.
     position: Option<Vec<u8>>,
+}
+
+impl Gathered {
+    fn last_key(&self) -> Option<&[u8]> {
+        self.batches.iter().rev().find_map(|b| b.last()).map(|i| i.key.as_slice())
+    }
 }
 
 /// Where to resume a log-order catch-up interrupted after applying everything up to

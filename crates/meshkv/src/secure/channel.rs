@@ -70,6 +70,11 @@ pub enum Opener {
 }
 
 impl Opener {
+    /// Whether bytes come in as they are (no secret).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Opener::Plain)
+    }
+
     /// Appends the plaintext of every complete message in `pending ‖ wire`
     /// to `plain`. A message that fails authentication (tampered, replayed,
     /// reordered or under another key) is an error and the stream is dead:
