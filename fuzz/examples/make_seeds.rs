@@ -11,7 +11,7 @@ use meshkv::protocol::{
 use meshkv::protocol::announce::Announcement;
 use meshkv::secure::{Handshake, Secret, Security};
 use meshkv::storage::{KeySkip, Position, ResumePoint};
-use meshkv::{Db, KeyRange, NodeId, Options, ScanOptions, VersionVector};
+use meshkv::{Db, Dot, KeyRange, NodeId, Options, ScanOptions, VersionVector};
 use std::path::Path;
 
 fn main() {
@@ -104,7 +104,7 @@ fn messages() -> Vec<Message> {
     let out = vec![
         Message::Hello(hello.clone()),
         Message::Hello(Hello { role: Role::Client, node: NodeId(42), incarnation: 0, ..hello }),
-        Message::Digest { vv: vv.clone(), resume: Some(ResumePoint::Log(VersionVector::new())) },
+        Message::Digest { vv: vv.clone(), resume: Some(ResumePoint::Log(VersionVector::new())), held: Vec::new() },
         Message::Digest {
             vv: vv.clone(),
             resume: Some(ResumePoint::Key {
@@ -112,6 +112,7 @@ fn messages() -> Vec<Message> {
                 key: b"alpha".to_vec(),
                 snapshot: vv.clone(),
             }),
+            held: vec![Dot::new(NodeId(9), 15), Dot::new(NodeId(9), 17)],
         },
         Message::CatchUpStart { since: VersionVector::new(), snapshot: vv.clone(), order: CatchUpOrder::Log },
         Message::CatchUpStart {

@@ -30,7 +30,7 @@ async fn a_peer_that_never_reads_is_closed() {
 
     let mut peer = RawPeer::connect_as(addr, Mode::Pull).await;
     let mut out = Vec::new();
-    codec::encode(&Message::Digest { vv: VersionVector::new(), resume: None }, &mut out);
+    codec::encode(&Message::Digest { vv: VersionVector::new(), resume: None, held: Vec::new() }, &mut out);
     peer.send(&out).await;
     // Pings keep it heard; it never reads.
     let pinging = tokio::spawn(async move {

@@ -122,6 +122,25 @@ mod tests {
     }
 
     #[test]
+    fn a_digest_names_held_writes_up_to_the_limit_only() {
+        use crate::protocol::message::MAX_HELD_DOTS;
+        use crate::version::{Dot, VersionVector};
+        let digest = |n: usize| Message::Digest {
+            vv: VersionVector::new(),
+            resume: None,
+            held: (1..=n as u64).map(|s| Dot::new(NodeId(9), s)).collect(),
+        };
+        for n in [0, 1, MAX_HELD_DOTS] {
+            let mut buf = Vec::new();
+            encode(&digest(n), &mut buf);
+            assert_eq!(decode(&buf, DEFAULT_MAX_FRAME).expect("decodes").map(|(m, _)| m), Some(digest(n)));
+        }
+        let mut buf = Vec::new();
+        encode(&digest(MAX_HELD_DOTS + 1), &mut buf);
+        assert!(decode(&buf, DEFAULT_MAX_FRAME).is_err(), "one dot over the limit");
+    }
+
+    #[test]
     fn roundtrip_and_partial_frames() {
         let mut buf = Vec::new();
         let n = encode(&hello(), &mut buf);

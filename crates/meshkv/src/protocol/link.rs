@@ -250,9 +250,9 @@ impl Link {
             (State::Handshake, other) => Err(LinkError::Protocol(format!("{} before hello", other.kind()))),
             (State::Open, Message::Hello(_)) => Err(LinkError::Protocol("second hello".into())),
             (State::Open, Message::Ping) => Ok(()),
-            (State::Open, Message::Digest { vv, resume }) => {
+            (State::Open, Message::Digest { vv, resume, held }) => {
                 let send = self.send.as_mut().ok_or_else(|| LinkError::Protocol("digest to a non-sender".into()))?;
-                let start = send.on_digest(&self.db, vv, resume)?;
+                let start = send.on_digest(&self.db, vv, resume, held)?;
                 self.outbox.push_back(start);
                 Ok(())
             }

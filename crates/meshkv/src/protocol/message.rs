@@ -2,7 +2,7 @@
 
 use super::request::{RemoteError, Request, Response};
 use crate::storage::{EncodedRecord, KeySkip, Position, ResumePoint};
-use crate::version::{NodeId, VersionVector};
+use crate::version::{Dot, NodeId, VersionVector};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::SocketAddr;
 
@@ -12,10 +12,13 @@ pub const MAGIC: [u8; 4] = *b"MKV1";
 /// ([`CatchUpOrder`]) and typed resume points. 3: records in their storage
 /// encoding ([`Item::record`]). 4: peer exchange ([`Message::Peers`]). 5: clients
 /// stop watches ([`Request::Unwatch`](super::request::Request::Unwatch)), and
-/// [`Hello::max_frame`]. 6: [`Hello::incarnation`].
-pub const PROTOCOL_VERSION: u16 = 6;
+/// [`Hello::max_frame`]. 6: [`Hello::incarnation`]. 7: a [`Message::Digest`]
+/// names the writes its sender holds above its vector.
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Most addresses one [`Message::Peers`] may carry.
 pub const MAX_SHARED_PEERS: usize = 64;
+/// Most held writes one [`Message::Digest`] may name.
+pub const MAX_HELD_DOTS: usize = 1024;
 
 /// Which way data flows on a link, as seen by the node that configures it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -144,6 +147,15 @@ pub enum Message {
         vv: VersionVector,
         /// Resume point of an interrupted catch-up, if any.
         resume: Option<ResumePoint>,
+        /// Writes the receiver holds as current versions that `vv` does
+        /// not cover, ascending, at most [`MAX_HELD_DOTS`] (a longer list
+        /// fails decoding before it is allocated). Mostly writes of a lost
+        /// origin above one of its writes nobody has, which no vector can
+        /// ever cover: the sender leaves out a record whose versions are
+        /// all covered by `vv` or named here, so nodes in sync exchange no
+        /// records even then (docs/ALGORITHM.md, I6).
+        #[serde(deserialize_with = "bounded_dots")]
+        held: Vec<Dot>,
     },
     /// Start of a catch-up read from one snapshot of the sender.
     CatchUpStart {
@@ -267,26 +279,44 @@ impl Message {
 /// Decodes at most [`MAX_SHARED_PEERS`] addresses: a longer list is refused
 /// from its length prefix, before anything is allocated for it.
 fn bounded_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<SocketAddr>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "at most {MAX_SHARED_PEERS} socket addresses")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let too_many = |n: usize| serde::de::Error::invalid_length(n, &self);
-            if let Some(n) = seq.size_hint().filter(|n| *n > MAX_SHARED_PEERS) {
-                return Err(too_many(n));
-            }
-            let mut out = Vec::new();
-            while let Some(addr) = seq.next_element()? {
-                if out.len() == MAX_SHARED_PEERS {
-                    return Err(too_many(out.len() + 1));
-                }
-                out.push(addr);
-            }
-            Ok(out)
-        }
+    d.deserialize_seq(Bounded::new(MAX_SHARED_PEERS, "socket addresses"))
+}
+
+/// Decodes at most [`MAX_HELD_DOTS`] dots, like [`bounded_addrs`].
+fn bounded_dots<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Dot>, D::Error> {
+    d.deserialize_seq(Bounded::new(MAX_HELD_DOTS, "dots"))
+}
+
+/// A sequence visitor that refuses more than `max` elements.
+struct Bounded<T> {
+    max: usize,
+    what: &'static str,
+    elements: std::marker::PhantomData<T>,
+}
+
+impl<T> Bounded<T> {
+    fn new(max: usize, what: &'static str) -> Self {
+        Bounded { max, what, elements: std::marker::PhantomData }
     }
-    d.deserialize_seq(Bounded)
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "at most {} {}", self.max, self.what)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let too_many = |n: usize| serde::de::Error::invalid_length(n, &self);
+        if let Some(n) = seq.size_hint().filter(|n| *n > self.max) {
+            return Err(too_many(n));
+        }
+        let mut out = Vec::new();
+        while let Some(element) = seq.next_element()? {
+            if out.len() == self.max {
+                return Err(too_many(out.len() + 1));
+            }
+            out.push(element);
+        }
+        Ok(out)
+    }
 }

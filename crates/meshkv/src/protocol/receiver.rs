@@ -2,7 +2,7 @@
 //! raises the version vector only where coverage allows (SPEC invariant 3).
 
 use super::link::LinkError;
-use super::message::{CatchUpOrder, Item, Message};
+use super::message::{CatchUpOrder, Item, Message, MAX_HELD_DOTS};
 use crate::storage::{ApplyContext, Db, Error as StorageError, Position, ResumePoint};
 use crate::version::{Dot, NodeId, VersionVector};
 
@@ -55,7 +55,9 @@ impl RecvHalf {
 
     /// The digest that opens the flow towards us.
     pub fn digest(&self, db: &Db) -> crate::Result<Message> {
-        Ok(Message::Digest { vv: db.version_vector(), resume: db.resume_point(self.peer)? })
+        let vv = db.version_vector();
+        let held = db.held_above(&vv, MAX_HELD_DOTS)?;
+        Ok(Message::Digest { vv, resume: db.resume_point(self.peer)?, held })
     }
 
     /// Handles one message. `more`: another message follows right away, so

@@ -3,7 +3,7 @@
 
 use super::message::{CatchUpOrder, Item, Message};
 use crate::storage::{ChangesSince, Commit, Db, KeySkip, ResumePoint};
-use crate::version::{NodeId, VersionVector};
+use crate::version::{Dot, NodeId, VersionVector};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -53,6 +53,9 @@ pub(crate) struct SendHalf {
     /// The version vector the peer covers once it has applied everything
     /// sent so far.
     peer_vv: VersionVector,
+    /// Writes the peer's last digest named as held above its vector: it
+    /// keeps them, so later catch-ups leave them out too.
+    peer_held: Vec<Dot>,
     /// Records sent (for stats and tests).
     pub sent_items: u64,
 }
@@ -71,6 +74,7 @@ impl SendHalf {
             queued_bytes: 0,
             lagged: false,
             peer_vv: VersionVector::new(),
+            peer_held: Vec::new(),
             sent_items: 0,
         }
     }
@@ -86,7 +90,14 @@ impl SendHalf {
     }
 
     /// The peer asked for what it lacks.
-    pub fn on_digest(&mut self, db: &Db, vv: VersionVector, resume: Option<ResumePoint>) -> crate::Result<Message> {
+    pub fn on_digest(
+        &mut self,
+        db: &Db,
+        vv: VersionVector,
+        resume: Option<ResumePoint>,
+        held: Vec<Dot>,
+    ) -> crate::Result<Message> {
+        self.peer_held = held;
         let mut since = vv;
         let mut skip = None;
         match resume {
@@ -103,7 +114,7 @@ impl SendHalf {
     /// Starts a catch-up from a new snapshot, in the order
     /// [`Snapshot::catch_up`](crate::storage::Snapshot::catch_up) picks.
     fn start_catch_up(&mut self, db: &Db, since: VersionVector, skip: Option<KeySkip>) -> crate::Result<Message> {
-        let changes = db.snapshot().catch_up(&since, skip.clone())?;
+        let changes = db.snapshot().catch_up(&since, skip.clone())?.excluding(self.peer_held.clone());
         // The receiver stores resume points that claim parts of this
         // snapshot done; a power loss here must not take back a write that
         // dominates one the stream skips (docs/ALGORITHM.md §5).

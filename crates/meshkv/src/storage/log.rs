@@ -84,6 +84,12 @@ impl Db {
         self.snapshot().changes_since(since)
     }
 
+    /// Up to `max` writes this store holds as current versions that `vv`
+    /// does not cover, ascending (see [`Snapshot::held_above`]).
+    pub fn held_above(&self, vv: &VersionVector, max: usize) -> Result<Vec<Dot>> {
+        self.snapshot().held_above(vv, max)
+    }
+
     /// The current record written by `dot`, scuttleup's `entry(peer, seq)`.
     /// `None` if that write is unknown here or has been superseded.
     pub fn entry(&self, origin: NodeId, seq: u64) -> Result<Option<(Vec<u8>, Record)>> {
@@ -128,6 +134,38 @@ impl Snapshot {
         }
     }
 
+    /// Up to `max` writes held as current versions that `vv` does not
+    /// cover, ascending: one log seek per origin present, then the log
+    /// above `vv`. A replica's vector normally covers all it holds; what it
+    /// does not is a catch-up in progress, or writes of a lost origin above
+    /// a gap, which no vector can ever cover. Entries held back by an
+    /// ingestion are not in the log yet and are left out.
+    pub fn held_above(&self, vv: &VersionVector, max: usize) -> Result<Vec<Dot>> {
+        let db = &self.db;
+        let mut held = Vec::new();
+        let mut next_origin = Some(0u64);
+        while let (Some(from), true) = (next_origin, held.len() < max) {
+            let start = changelog::range(NodeId(from), 0).into_inner().0;
+            let Some(first) = self.snap.range(&db.log, start..).next() else { break };
+            let key = first.key()?;
+            let origin = changelog::origin_of(&key).ok_or_else(|| db.corrupt("malformed change-log key"))?;
+            next_origin = origin.0.checked_add(1);
+            let above = vv.get(origin).saturating_add(1);
+            for guard in self.snap.range(&db.log, changelog::range(origin, above)) {
+                let (lk, value) = guard.into_inner()?;
+                let dots =
+                    changelog::decode_entry(&lk, &value).ok_or_else(|| db.corrupt("malformed change-log entry"))?;
+                // A block can start below `above`.
+                held.extend(dots.into_iter().map(|(d, _)| d).filter(|d| !vv.contains(*d)));
+                if held.len() >= max {
+                    break;
+                }
+            }
+        }
+        held.truncate(max);
+        Ok(held)
+    }
+
     /// The current record written by `dot` in this snapshot.
     pub fn entry(&self, origin: NodeId, seq: u64) -> Result<Option<(Vec<u8>, Record)>> {
         let dot = Dot::new(origin, seq);
@@ -157,6 +195,8 @@ enum Walk {
 pub struct ChangesSince {
     snap: Snapshot,
     since: VersionVector,
+    /// Writes the peer holds above `since`, sorted: covered too.
+    held: Vec<Dot>,
     vv: VersionVector,
     walk: Walk,
     /// Log order: dot of the last item returned.
@@ -169,7 +209,22 @@ pub struct ChangesSince {
 impl ChangesSince {
     fn new(snap: Snapshot, since: &VersionVector, walk: Walk) -> Result<Self> {
         let vv = snap.version_vector()?;
-        Ok(ChangesSince { snap, since: since.clone(), vv, walk, last_dot: None, last_key: None })
+        Ok(ChangesSince { snap, since: since.clone(), held: Vec::new(), vv, walk, last_dot: None, last_key: None })
+    }
+
+    /// Also leaves out records whose versions not covered by `since` are
+    /// all among `held`: writes the peer holds above its vector (see
+    /// [`Snapshot::held_above`]). Call before the first item.
+    pub fn excluding(mut self, mut held: Vec<Dot>) -> Self {
+        held.sort_unstable();
+        held.dedup();
+        self.held = held;
+        self
+    }
+
+    /// Whether the peer has `d`: its vector covers it or it holds it.
+    fn covered(&self, d: Dot) -> bool {
+        self.since.contains(d) || (!self.held.is_empty() && self.held.binary_search(&d).is_ok())
     }
 
     /// The sender's version vector at the snapshot: what the receiver covers
@@ -253,8 +308,9 @@ impl ChangesSince {
                     return Err(self.snap.db.corrupt("malformed change-log entry"));
                 };
                 // A block can start below the range's first seq.
-                let since = &self.since;
-                pending.extend(dots.into_iter().filter(|(d, _)| !since.contains(*d)).map(|(d, k)| (d, k.to_vec())));
+                let (since, held) = (&self.since, &self.held);
+                let covered = |d: Dot| since.contains(d) || held.binary_search(&d).is_ok();
+                pending.extend(dots.into_iter().filter(|(d, _)| !covered(*d)).map(|(d, k)| (d, k.to_vec())));
                 continue;
             };
             let db = &self.snap.db;
@@ -267,7 +323,7 @@ impl ChangesSince {
             }
             // A record with several uncovered versions is sent once: at the
             // first of them in log order.
-            let first_uncovered = record.dots().filter(|d| !self.since.contains(*d)).min();
+            let first_uncovered = record.dots().filter(|d| !self.covered(*d)).min();
             if first_uncovered == Some(dot) {
                 self.last_dot = Some(dot);
                 return Ok(Some((key, record)));
@@ -277,12 +333,17 @@ impl ChangesSince {
 
     fn next_in_key_order(&mut self) -> Result<Option<(Vec<u8>, EncodedRecord)>> {
         let Walk::Key { iter, skip } = &mut self.walk else { return Ok(None) };
+        let (since, held) = (&self.since, &self.held);
         for guard in iter.by_ref() {
             let (dkey, raw) = guard.into_inner()?;
             let key = keys::user_key(&dkey);
             let record = parse(key, &raw)?;
             let skipped = skip.as_ref().filter(|s| key <= s.key.as_slice()).map(|s| &s.covered);
-            let wanted = record.dots().any(|d| !self.since.contains(d) && !skipped.is_some_and(|c| c.contains(d)));
+            let wanted = record.dots().any(|d| {
+                !since.contains(d)
+                    && !skipped.is_some_and(|c| c.contains(d))
+                    && (held.is_empty() || held.binary_search(&d).is_err())
+            });
             if wanted {
                 let last = self.last_key.get_or_insert_with(Vec::new);
                 last.clear();

@@ -80,7 +80,10 @@
 //! must hold against every write ever made, and each key's record must equal
 //! the oracle: the frontier of the *demanded* writes to the key (those no other
 //! demanded write causally supersedes) resolved by the policy — under
-//! last-writer-wins the single greatest by `(hlc, origin, seq)`.
+//! last-writer-wins the single greatest by `(hlc, origin, seq)`. Last, every
+//! connection is dropped and the cluster driven until quiescent again: nodes
+//! in sync must send each other no records (I6), also when they hold writes
+//! of a lost origin that no vector can cover.
 //!
 //! A write is demanded unless its origin's store was lost (left or wiped)
 //! before any remaining store held it. At each loss every other store is

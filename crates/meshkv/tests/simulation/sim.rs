@@ -183,6 +183,7 @@ impl Sim {
         self.log(|| "---- heal ----".into());
         self.heal();
         self.check_converged();
+        self.check_quiet_reconnect();
         for node in &self.nodes {
             if let Some(db) = &node.db {
                 self.stats.conflicts += db.conflict_count();
@@ -506,6 +507,17 @@ impl Sim {
                 panic!("no quiescence {HEAL_BUDGET_MS} ms after healing:\n{}", self.dump());
             }
         }
+    }
+
+    /// I6: nodes in sync exchange no records when they reconnect, also
+    /// around writes no vector can cover (a lost origin's above a gap).
+    fn check_quiet_reconnect(&mut self) {
+        self.log(|| "---- reconnect all ----".into());
+        self.conns.clear();
+        let before = self.stats.sent_items;
+        self.heal();
+        let resent = self.stats.sent_items - before;
+        assert_eq!(resent, 0, "nodes in sync sent {resent} records when they reconnected:\n{}", self.dump());
     }
 
     /// Every neighbour pair connected, handshakes done, senders live and

@@ -35,6 +35,8 @@ pub(crate) struct Stats {
     pub(crate) wipes: u64,
     /// Writes whose origin's store was lost before they reached a peer's.
     pub(crate) lost_writes: u64,
+    /// Records sent in catch-up and live batches.
+    pub(crate) sent_items: u64,
     pub(crate) sent: BTreeMap<&'static str, u64>,
     pub(crate) steps: u64,
     pub(crate) sim_ms: u64,
@@ -86,7 +88,7 @@ pub(crate) struct Direction {
 
 pub(crate) fn describe(msg: &Message) -> String {
     match msg {
-        Message::Digest { vv, resume } => format!("digest vv {vv} resume {resume:?}"),
+        Message::Digest { vv, resume, held } => format!("digest vv {vv} resume {resume:?} held {held:?}"),
         Message::CatchUpStart { since, snapshot, order } => {
             format!("catch-up-start since {since} snapshot {snapshot} order {order:?}")
         }
@@ -118,7 +120,11 @@ pub(crate) fn observe_sent(stats: &mut Stats, dir: &mut Direction, msg: &Message
             }
             dir.batches = 0;
         }
-        Message::CatchUp { .. } => dir.batches += 1,
+        Message::CatchUp { items, .. } => {
+            stats.sent_items += items.len() as u64;
+            dir.batches += 1;
+        }
+        Message::Live { items, .. } => stats.sent_items += items.len() as u64,
         Message::CaughtUp { .. } => {
             if dir.batches >= 2 {
                 stats.multi_batch_catch_ups += 1;
