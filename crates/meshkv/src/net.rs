@@ -64,6 +64,30 @@ pub(crate) async fn establish(
     }
 }
 
+/// Why a frame could not be read. The stream is out of step after it: the
+/// connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The bytes do not decode as a frame (too large, malformed, or a
+    /// `Hello` of another protocol version).
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    /// The bytes do not decrypt.
+    #[error(transparent)]
+    Secure(#[from] SecureError),
+}
+
+impl FrameError {
+    /// The protocol version the other side speaks, if the frame is a
+    /// `Hello` of another version than ours.
+    pub fn other_version(&self) -> Option<u16> {
+        match self {
+            FrameError::Codec(codec::CodecError::OtherVersion { theirs, .. }) => Some(*theirs),
+            _ => None,
+        }
+    }
+}
+
 /// Decodes frames from a socket, decrypting and buffering partial ones.
 pub(crate) struct FrameReader {
     rd: OwnedReadHalf,
@@ -79,7 +103,7 @@ pub(crate) struct FrameReader {
     ended: bool,
     /// Bytes read during [`Self::spin`] failed to decrypt: reported by
     /// [`Self::try_next`] after the frames before them.
-    broken: Option<String>,
+    broken: Option<SecureError>,
     /// Bytes of the frames decoded so far (plaintext, with their headers).
     decoded: u64,
 }
@@ -123,7 +147,7 @@ impl FrameReader {
 
     /// A frame already buffered, without reading. After a malformed frame
     /// the reader yields nothing more.
-    pub fn try_next(&mut self) -> Option<Result<Message, String>> {
+    pub fn try_next(&mut self) -> Option<Result<Message, FrameError>> {
         if self.failed {
             return None;
         }
@@ -136,17 +160,17 @@ impl FrameReader {
             Ok(None) => {
                 let e = self.broken.take()?;
                 self.failed = true;
-                Some(Err(e))
+                Some(Err(e.into()))
             }
             Err(e) => {
                 self.failed = true;
-                Some(Err(e.to_string()))
+                Some(Err(e.into()))
             }
         }
     }
 
     /// The next frame; `None` at end of stream. Cancel-safe.
-    pub async fn next(&mut self) -> Option<Result<Message, String>> {
+    pub async fn next(&mut self) -> Option<Result<Message, FrameError>> {
         loop {
             if let Some(m) = self.try_next() {
                 return Some(m);
@@ -168,7 +192,7 @@ impl FrameReader {
                 Ok(n) => {
                     if let Err(e) = self.opener.open(&self.chunk[..n], &mut self.buf) {
                         self.failed = true;
-                        return Some(Err(e.to_string()));
+                        return Some(Err(e.into()));
                     }
                 }
             }
@@ -196,7 +220,7 @@ impl FrameReader {
                 Ok(0) => self.ended = true,
                 Ok(n) => {
                     if let Err(e) = self.opener.open(&self.chunk[..n], &mut self.buf) {
-                        self.broken = Some(e.to_string());
+                        self.broken = Some(e);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

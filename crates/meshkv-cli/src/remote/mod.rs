@@ -190,6 +190,10 @@ async fn connect(target: &Target) -> Result<Client> {
         }
         // The node answered: it runs, it is busy.
         _ if e.message.contains("connection limit") => anyhow!("the node at {node} is busy: {}", e.message),
+        // The node answered: it runs another protocol version.
+        _ if e.message.contains("protocol version") => {
+            anyhow!("the node at {node} refused the connection: {}", e.message)
+        }
         _ => {
             let detail = e.message.strip_prefix(&format!("cannot connect to {addr}: ")).unwrap_or(&e.message);
             anyhow!("cannot connect to {node}: {detail} (is `meshkv serve` running there? see --node / MESHKV_NODE)")

@@ -72,11 +72,18 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
                 };
                 Ok(Connected { reader, writer, max_request, incarnation: h.incarnation })
             }
+            // A node of another version: a newer one states its version
+            // ahead of its refusal (`version_refusal`), in a `Hello` this
+            // build decodes or, with fields it does not know, names as such.
+            Some(Ok(Message::Hello(h))) if h.magic == MAGIC => Err(other_version(h.version)),
             Some(Ok(Message::Close { reason })) => Err(refused(reason)),
             Some(Ok(other)) => {
                 Err(RemoteError::new(ErrorCode::BadRequest, format!("unexpected {} in handshake", other.kind())))
             }
-            Some(Err(e)) => Err(RemoteError::new(ErrorCode::BadRequest, format!("malformed frame from node: {e}"))),
+            Some(Err(e)) => Err(match e.other_version() {
+                Some(theirs) => other_version(theirs),
+                None => RemoteError::new(ErrorCode::BadRequest, format!("malformed frame from node: {e}")),
+            }),
             None => Err(lost()),
         }
     };
@@ -85,8 +92,24 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
         .map_err(|_| RemoteError::new(ErrorCode::ConnectionLost, format!("timed out connecting to {addr}")))?
 }
 
+/// The node speaks protocol version `theirs`, not ours.
+fn other_version(theirs: u16) -> RemoteError {
+    let msg = format!(
+        "the node speaks protocol version {theirs}, this client {PROTOCOL_VERSION}: use a client of the node's version"
+    );
+    RemoteError::new(ErrorCode::BadRequest, msg)
+}
+
 fn refused(reason: CloseReason) -> RemoteError {
     match reason {
+        // An older node, or one that does not say its version.
+        CloseReason::VersionMismatch => {
+            let msg = format!(
+                "the node does not speak this client's protocol version {PROTOCOL_VERSION}: use a client of the \
+                 node's version"
+            );
+            RemoteError::new(ErrorCode::BadRequest, msg)
+        }
         CloseReason::WrongCluster => RemoteError::new(ErrorCode::Unauthorized, "the node belongs to another cluster"),
         CloseReason::Overloaded => {
             RemoteError::new(ErrorCode::ConnectionLost, "the node is at its connection limit; try again later")

@@ -8,9 +8,9 @@ use super::registry::{Claim, LinkCounts, Registry};
 use super::retry::RetryCache;
 use super::session::{self, ServerOptions};
 use super::NodeEvent;
-use crate::net::{self, EstablishError, FrameReader, FrameWriter};
-use crate::protocol::Role;
-use crate::protocol::{codec, CloseReason, Link, LinkConfig, LinkEvent, Message};
+use crate::net::{self, EstablishError, FrameError, FrameReader, FrameWriter};
+use crate::protocol::{codec, version_refusal, CloseReason, Link, LinkConfig, LinkEvent, Message};
+use crate::protocol::{Role, PROTOCOL_VERSION};
 use crate::secure::{Access, SecureError, Security, Side};
 use crate::storage::{Db, FeedError};
 use crate::KeyRange;
@@ -116,7 +116,7 @@ pub(crate) struct ServerState {
     pub key_count: std::sync::Mutex<Option<((u64, u64), u64)>>,
 }
 
-type Incoming = mpsc::Receiver<Result<Message, String>>;
+type Incoming = mpsc::Receiver<Result<Message, FrameError>>;
 
 /// Runs a connection this node accepted until it closes: the handshake
 /// (authentication, evictable, under the handshake timeout), then a peer
@@ -179,7 +179,10 @@ enum Refusal {
     NoHello,
     /// The first frame did not decode (or decrypt): a replayed handshake,
     /// or not a meshkv node or client.
-    BadFirstFrame(String),
+    BadFirstFrame(FrameError),
+    /// The first frame is a `Hello` of another protocol version; it was
+    /// answered with the refusal that version reads.
+    OtherVersion(FrameError),
 }
 
 impl std::fmt::Display for Refusal {
@@ -188,6 +191,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Handshake(e) => write!(f, "{e}"),
             Refusal::NoHello => f.write_str("closed before its first frame"),
             Refusal::BadFirstFrame(e) => write!(f, "malformed first frame: {e}"),
+            Refusal::OtherVersion(e) => write!(f, "{e}"),
         }
     }
 }
@@ -203,6 +207,8 @@ impl Refusal {
             // Through the same rate limit: a replayed handshake followed by
             // garbage must not flood the log, nor reach a link.
             Refusal::BadFirstFrame(e) => Some(format!("refused connection: malformed first frame: {e}")),
+            // Worth an operator's attention: the cluster runs two versions.
+            Refusal::OtherVersion(e) => Some(format!("refused connection: {e}")),
             _ => None,
         }
     }
@@ -214,13 +220,27 @@ const FIRST_FRAME_LIMIT: usize = 64 * 1024;
 type Admitted = (FrameReader, FrameWriter, Access, Message);
 
 async fn admit(ctx: &ConnCtx, stream: TcpStream, proven: impl Fn()) -> Result<Admitted, Refusal> {
-    let (mut frames, writer, access) =
+    let (mut frames, mut writer, access) =
         net::establish(stream, Side::Responder, &ctx.security, ctx.max_frame).await.map_err(Refusal::Handshake)?;
     proven();
     // The first frame is a small `Hello`: a socket still being admitted
     // cannot make the node buffer a full-size frame.
     frames.set_max_frame(FIRST_FRAME_LIMIT.min(ctx.max_frame));
-    let first = frames.next().await.ok_or(Refusal::NoHello)?.map_err(Refusal::BadFirstFrame)?;
+    let first = match frames.next().await.ok_or(Refusal::NoHello)? {
+        Ok(first) => first,
+        Err(e) => {
+            let Some(theirs) = e.other_version() else { return Err(Refusal::BadFirstFrame(e)) };
+            // Tell the other side why, in frames its version decodes.
+            let mut out = Vec::new();
+            for msg in version_refusal(theirs) {
+                codec::encode(&msg, &mut out);
+            }
+            if writer.queue_frames(&out).is_ok() {
+                let _ = writer.shutdown().await;
+            }
+            return Err(Refusal::OtherVersion(e));
+        }
+    };
     frames.set_max_frame(ctx.max_frame);
     Ok((frames, writer, access, first))
 }
@@ -257,9 +277,9 @@ async fn run_link(
     addr: SocketAddr,
     cfg: LinkConfig,
     dialed: bool,
-    first: Option<Result<Message, String>>,
+    first: Option<Result<Message, FrameError>>,
 ) -> Ended {
-    let (in_tx, incoming) = mpsc::channel::<Result<Message, String>>(16);
+    let (in_tx, incoming) = mpsc::channel::<Result<Message, FrameError>>(16);
     let received = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_frames(frames, in_tx, Arc::clone(&received)));
     let conn = ctx.registry.new_connection(addr);
@@ -287,7 +307,7 @@ struct LinkIo {
 async fn drive(
     ctx: &ConnCtx,
     io: LinkIo,
-    first: Option<Result<Message, String>>,
+    first: Option<Result<Message, FrameError>>,
     addr: SocketAddr,
     cfg: LinkConfig,
     dialed: bool,
@@ -414,7 +434,13 @@ async fn drive(
                         other => {
                             tracing::warn!(%addr, ?other, by_peer, "link closed");
                             if by_peer {
-                                let message = format!("peer closed the link: {other:?}");
+                                let message = match other {
+                                    CloseReason::VersionMismatch => format!(
+                                        "peer closed the link: VersionMismatch (it does not speak protocol \
+                                         version {PROTOCOL_VERSION}: run one version in a cluster)"
+                                    ),
+                                    _ => format!("peer closed the link: {other:?}"),
+                                };
                                 let _ = ctx.events.send(NodeEvent::Error { addr, message });
                             }
                         }
@@ -520,12 +546,19 @@ fn share_peers(
 /// Hands one decoded frame (or a decoding error) to the link (`more`: another
 /// frame is already waiting); failures close the link and are reported as
 /// node events.
-fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Message, String>, more: bool) {
+fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Message, FrameError>, more: bool) {
     let message = match frame {
         Ok(msg) => match link.handle_queued_message(msg, ctx.now_ms(), more) {
             Ok(()) => return,
             Err(e) => e.to_string(),
         },
+        // A `Hello` of another version. An accepted connection refuses one
+        // before it has a link, so this is a dialed one, whose `Hello` went
+        // out already: the `Close` alone, which every version decodes.
+        Err(e) if e.other_version().is_some() => {
+            link.close(CloseReason::VersionMismatch);
+            e.to_string()
+        }
         Err(e) => {
             link.close(CloseReason::ProtocolError);
             format!("bad input: {e}")
@@ -537,7 +570,7 @@ fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Messa
 
 /// Forwards frames to the link task until EOF or a malformed frame (which
 /// is forwarded as an error).
-async fn read_frames(mut frames: FrameReader, tx: mpsc::Sender<Result<Message, String>>, decoded: Arc<AtomicU64>) {
+async fn read_frames(mut frames: FrameReader, tx: mpsc::Sender<Result<Message, FrameError>>, decoded: Arc<AtomicU64>) {
     while let Some(m) = frames.next().await {
         decoded.store(frames.decoded_bytes(), Ordering::Relaxed);
         if tx.send(m).await.is_err() {

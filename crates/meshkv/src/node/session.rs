@@ -8,7 +8,7 @@ use super::registry::PeerState;
 use super::retry::{Outcome, RequestKey};
 use crate::net::{BusyPoll, FrameReader, FrameWriter};
 use crate::protocol::request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status};
-use crate::protocol::{codec, CloseReason, Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{codec, version_refusal, CloseReason, Hello, Message, Role, MAGIC, PROTOCOL_VERSION};
 use crate::secure::Access;
 use crate::storage::{Batch, Db, Error as StorageError, FeedError, KeyRange, Scan, ScanOptions};
 use crate::version::NodeId;
@@ -103,8 +103,15 @@ pub(crate) async fn serve(
         None
     };
     if let Some(reason) = refusal {
-        tracing::warn!(%addr, ?reason, "refusing client");
-        let _ = out.send(&Message::Close { reason }).await;
+        tracing::warn!(%addr, ?reason, version = hello.version, "refusing client");
+        let refusal = match reason {
+            CloseReason::VersionMismatch => version_refusal(hello.version),
+            _ => vec![Message::Close { reason }],
+        };
+        for msg in &refusal {
+            let _ = out.queue(msg);
+        }
+        let _ = out.flush().await;
         return;
     }
     let ours = Hello {

@@ -67,14 +67,24 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Message, usize)>, 
         return Err(CodecError::TooLarge { len, max: max_frame });
     }
     let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
-    let (msg, rest) = postcard::take_from_bytes::<Message>(payload).map_err(|e| match hello_version(payload) {
-        Some(theirs) if theirs != PROTOCOL_VERSION => CodecError::OtherVersion { theirs, ours: PROTOCOL_VERSION },
-        _ => CodecError::Malformed(e.to_string()),
-    })?;
+    let (msg, rest) =
+        postcard::take_from_bytes::<Message>(payload).map_err(|e| other_version(payload, e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CodecError::Malformed(format!("{} trailing bytes", rest.len())));
+        // A newer `Hello` that only appends fields decodes as ours with
+        // bytes left over.
+        return Err(other_version(payload, format!("{} trailing bytes", rest.len())));
     }
     Ok(Some((msg, HEADER_LEN + len)))
+}
+
+/// The error for a payload that does not decode as one whole message:
+/// [`CodecError::OtherVersion`] if it opens like a `Hello` of another
+/// version, else [`CodecError::Malformed`] with `why`.
+fn other_version(payload: &[u8], why: String) -> CodecError {
+    match hello_version(payload) {
+        Some(theirs) if theirs != PROTOCOL_VERSION => CodecError::OtherVersion { theirs, ours: PROTOCOL_VERSION },
+        _ => CodecError::Malformed(why),
+    }
 }
 
 /// The version a payload names if it opens like a `Hello` of any version:
@@ -88,7 +98,7 @@ fn hello_version(payload: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::message::{Hello, Mode, Role, MAGIC, PROTOCOL_VERSION};
+    use crate::protocol::message::{version_refusal, CloseReason, Hello, Mode, Role, MAGIC, PROTOCOL_VERSION};
     use crate::version::NodeId;
     use proptest::prelude::*;
 
@@ -174,6 +184,41 @@ mod tests {
         assert!(err.to_string().contains(&format!("protocol version {}", PROTOCOL_VERSION - 1)), "{err}");
         let broken = decode(&frame_without_tail(&Message::Hello(h), 1), DEFAULT_MAX_FRAME).expect_err("refused");
         assert!(matches!(broken, CodecError::Malformed(_)), "{broken:?}");
+    }
+
+    /// A `Hello` of the next version that appends a field to ours decodes
+    /// as ours with a byte left over: it is refused as another version all
+    /// the same; a `Hello` of this version with a byte too many stays
+    /// malformed.
+    #[test]
+    fn a_newer_hello_with_an_appended_field_is_named_as_such() {
+        let Message::Hello(h) = hello() else { unreachable!() };
+        let newer = Message::Hello(Hello { version: PROTOCOL_VERSION + 1, ..h.clone() });
+        let with_tail = |msg: &Message| {
+            let mut payload = postcard::to_stdvec(msg).expect("encode");
+            payload.push(0);
+            [&(payload.len() as u32).to_be_bytes()[..], &payload].concat()
+        };
+        let err = decode(&with_tail(&newer), DEFAULT_MAX_FRAME).expect_err("refused");
+        assert_eq!(err, CodecError::OtherVersion { theirs: PROTOCOL_VERSION + 1, ours: PROTOCOL_VERSION });
+        let long = decode(&with_tail(&Message::Hello(h)), DEFAULT_MAX_FRAME).expect_err("refused");
+        assert_eq!(long, CodecError::Malformed("1 trailing bytes".into()));
+    }
+
+    /// An older version reads the refusal of its `Hello`: the frame of
+    /// `Close { VersionMismatch }` has had these bytes in every version
+    /// with clients (variant 12, reason 5, behind the same length prefix).
+    #[test]
+    fn the_version_refusal_of_an_older_side_is_the_close_it_reads() {
+        let mut buf = Vec::new();
+        for msg in version_refusal(PROTOCOL_VERSION - 1) {
+            encode(&msg, &mut buf);
+        }
+        assert_eq!(buf, [0, 0, 0, 2, 12, 5]);
+        assert_eq!(
+            version_refusal(PROTOCOL_VERSION + 1),
+            [Message::Hello(Hello::version_only()), Message::Close { reason: CloseReason::VersionMismatch }]
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! sending half and/or a receiving half depending on both sides' modes,
 //! plus keep-alives and timeouts. Fed by the runtime, never does IO.
 
-use super::message::{CloseReason, Hello, Message, Mode, Role, MAGIC, MAX_SHARED_PEERS, PROTOCOL_VERSION};
+use super::codec::CodecError;
+use super::message::{
+    version_refusal, CloseReason, Hello, Message, Mode, Role, MAGIC, MAX_SHARED_PEERS, PROTOCOL_VERSION,
+};
 use super::receiver::RecvHalf;
 use super::sender::{SendHalf, SendLimits};
 use crate::storage::{Commit, Db};
@@ -295,7 +298,12 @@ impl Link {
             return refuse(self, CloseReason::ProtocolError, "bad magic".into());
         }
         if hello.version != PROTOCOL_VERSION {
-            return refuse(self, CloseReason::VersionMismatch, format!("protocol version {}", hello.version));
+            self.close(CloseReason::VersionMismatch);
+            // `close` queued the Close alone; a newer side gets our version
+            // ahead of it.
+            self.outbox = version_refusal(hello.version).into();
+            let why = CodecError::OtherVersion { theirs: hello.version, ours: PROTOCOL_VERSION };
+            return Err(LinkError::Protocol(why.to_string()));
         }
         if hello.cluster != self.cfg.cluster {
             return refuse(self, CloseReason::WrongCluster, format!("cluster {:?}", hello.cluster));

@@ -80,6 +80,44 @@ pub struct Hello {
     pub incarnation: u64,
 }
 
+impl Hello {
+    /// The `Hello` a side sends a newer version ahead of its refusal (see
+    /// [`version_refusal`]): magic and version only, every other field
+    /// empty, as the other side was not admitted (it learns no cluster, node
+    /// or policy, as with any other refusal).
+    pub fn version_only() -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster: String::new(),
+            node: NodeId(0),
+            role: Role::Peer,
+            mode: Mode::Sync,
+            policy: 0,
+            max_frame: 0,
+            incarnation: 0,
+        }
+    }
+}
+
+/// What a side sends, in order, to refuse a `Hello` of protocol version
+/// `theirs`: `Close { VersionMismatch }`, whose frame every version with
+/// clients decodes alike (the variant and the reason have kept their
+/// places since version 1), so an older side learns why. A newer side gets
+/// [`Hello::version_only`] ahead of it: every version from this one on
+/// reads the version of a `Hello` it cannot decode (the codec's
+/// `CodecError::OtherVersion`), so it can name both. An older one could
+/// not (a version-5 side finds a version-6 `Hello` malformed and would not
+/// read the `Close` behind it).
+pub fn version_refusal(theirs: u16) -> Vec<Message> {
+    let close = Message::Close { reason: CloseReason::VersionMismatch };
+    if theirs > PROTOCOL_VERSION {
+        vec![Message::Hello(Hello::version_only()), close]
+    } else {
+        vec![close]
+    }
+}
+
 /// One key's record in a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {

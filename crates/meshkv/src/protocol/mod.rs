@@ -14,7 +14,7 @@ mod sender;
 
 pub use link::{Link, LinkConfig, LinkError, LinkEvent};
 pub use message::{
-    CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Role, MAGIC, MAX_HELD_DOTS, MAX_SHARED_PEERS,
-    PROTOCOL_VERSION,
+    version_refusal, CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Role, MAGIC, MAX_HELD_DOTS,
+    MAX_SHARED_PEERS, PROTOCOL_VERSION,
 };
 pub use request::{BatchOp, ErrorCode, PeerInfo, RemoteError, Request, Response, Status, MAX_REQUEST_ITEMS};
