@@ -1,33 +1,18 @@
 //! Two protocol state machines wired back to back in memory (through the
 //! real codec): catch-up, live push, modes and resume.
 
+mod common;
+
+use common::link_ends::{transmit, End, OnRefusal};
 use meshkv::protocol::{codec, Link, LinkConfig, LinkEvent, Message, Mode};
-use meshkv::storage::{FeedError, ResumePoint, Subscription};
-use meshkv::{Db, KeyRange, Options};
+use meshkv::storage::ResumePoint;
+use meshkv::{Db, Options};
 
-struct End {
-    sub: Subscription,
-    link: Link,
-    bytes_out: usize,
-}
-
-impl End {
-    fn new(db: &Db, mode: Mode) -> End {
-        let sub = db.subscribe(KeyRange::all());
-        let link = Link::new(db.clone(), LinkConfig { mode, batch_items: 64, window: 4, ..LinkConfig::default() }, 0);
-        End { sub, link, bytes_out: 0 }
-    }
-
-    fn pump_feed(&mut self) {
-        loop {
-            match self.sub.try_recv_commit() {
-                Ok(Some(c)) => self.link.handle_commit(c),
-                Ok(None) => break,
-                Err(FeedError::Lagged { .. }) => self.link.handle_feed_lagged(),
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
+/// A link on `db` in `mode`, with small batches and window. A message it
+/// refuses closes it, as a connection would close, and the test goes on.
+fn end(db: &Db, mode: Mode) -> End {
+    let cfg = LinkConfig { mode, batch_items: 64, window: 4, ..LinkConfig::default() };
+    End::new(db, cfg, OnRefusal::Ignore)
 }
 
 /// Rounds of message exchange after which a test gives up: a link that
@@ -49,20 +34,6 @@ fn pump(a: &mut End, b: &mut End) -> usize {
     panic!("the links never went quiet");
 }
 
-/// Sends up to `max` messages from `from` to `to`, through the codec.
-fn transmit(from: &mut End, to: &mut End, max: usize) -> usize {
-    let mut n = 0;
-    while n < max {
-        let Some(msg) = from.link.poll_transmit(0).expect("poll") else { break };
-        let mut buf = Vec::new();
-        from.bytes_out += codec::encode(&msg, &mut buf);
-        let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("decode").expect("frame");
-        let _ = to.link.handle_message(msg, 0);
-        n += 1;
-    }
-    n
-}
-
 fn open() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), Options::default()).expect("open");
@@ -81,7 +52,7 @@ fn sync_catches_up_both_ways_then_pushes_live() {
         a.put(format!("a{i}"), "x").expect("put");
     }
     b.put("b", "y").expect("put");
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     assert_eq!(b.get("a299").expect("get"), Some(b"x".to_vec()));
     assert_eq!(a.get("b").expect("get"), Some(b"y".to_vec()));
@@ -103,7 +74,7 @@ fn pull_only_receives_and_push_only_sends() {
     let (_db, b) = open();
     a.put("from-a", "1").expect("put");
     b.put("from-b", "2").expect("put");
-    let (mut ea, mut eb) = (End::new(&a, Mode::Pull), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Pull), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     assert_eq!(a.get("from-b").expect("get"), Some(b"2".to_vec()), "the puller gets the other's data");
     assert_eq!(b.get("from-a").expect("get"), None, "and keeps its own");
@@ -116,9 +87,9 @@ fn reconnecting_in_sync_nodes_exchange_almost_nothing() {
     for i in 0..2000u32 {
         a.put(i.to_be_bytes(), [0u8; 100]).expect("put");
     }
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     assert!(ea.bytes_out + eb.bytes_out < 1024, "{} + {} bytes", ea.bytes_out, eb.bytes_out);
 }
@@ -130,7 +101,7 @@ fn an_interrupted_catch_up_resumes() {
     for i in 0..1000u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     // Move a few batches only, then drop the connection.
     for _ in 0..6 {
         transmit(&mut ea, &mut eb, 1);
@@ -138,7 +109,7 @@ fn an_interrupted_catch_up_resumes() {
     }
     let partial = b.scan(Default::default()).count();
     assert!(partial > 0 && partial < 1000, "{partial}");
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     let (sent, _) = ea.link.item_counts();
     assert_eq!(sent as usize, 1000 - partial, "only the rest is sent again");
@@ -166,7 +137,7 @@ fn an_interrupted_key_order_catch_up_resumes_and_gets_later_writes() {
     for i in 0..1000u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
-    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     for _ in 0..6 {
         transmit(&mut ea, &mut eb, 1);
         transmit(&mut eb, &mut ea, 1);
@@ -188,7 +159,7 @@ fn an_interrupted_key_order_catch_up_resumes_and_gets_later_writes() {
     a.put([0u8], [3u8; 10]).expect("put");
     a.put(5000u32.to_be_bytes(), [3u8; 10]).expect("put");
 
-    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     pump(&mut ea, &mut eb);
     let (sent, _) = ea.link.item_counts();
     assert_eq!(
@@ -211,13 +182,13 @@ fn an_interrupted_log_order_catch_up_resumes() {
     for i in 0..2000u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
-    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     pump(&mut ea, &mut eb);
     drop((ea, eb));
     for i in 2000..2300u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
-    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     for _ in 0..4 {
         transmit(&mut ea, &mut eb, 1);
         transmit(&mut eb, &mut ea, 1);
@@ -229,7 +200,7 @@ fn an_interrupted_log_order_catch_up_resumes() {
         matches!(b.resume_point(a.node_id()).expect("resume point"), Some(ResumePoint::Log(_))),
         "a small difference is sent in log order"
     );
-    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     pump(&mut ea, &mut eb);
     assert_eq!(ea.link.item_counts().0 as usize, 300 - partial, "only the rest is sent again");
     assert_eq!(records(&a), records(&b));
@@ -250,7 +221,7 @@ fn a_catch_up_snapshot_is_durable_before_it_is_streamed() {
         a.put(format!("k{i}"), "v").expect("put");
     }
     assert!(a.durable_seq() < 10, "buffered writes are not synced by themselves");
-    let (mut ea, mut eb) = (End::new(&a, Mode::Push), End::new(&b, Mode::Pull));
+    let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     let mut started = false;
     for _ in 0..8 {
         while let Some(msg) = ea.link.poll_transmit(0).expect("poll") {
@@ -282,8 +253,8 @@ fn zero_batch_bytes_still_sends_every_record() {
         a.put(format!("k{i}"), "v").expect("put");
     }
     let cfg = LinkConfig { mode: Mode::Push, batch_bytes: 0, ..LinkConfig::default() };
-    let mut ea = End { sub: a.subscribe(KeyRange::all()), link: Link::new(a.clone(), cfg, 0), bytes_out: 0 };
-    let mut eb = End::new(&b, Mode::Pull);
+    let mut ea = End::new(&a, cfg, OnRefusal::Ignore);
+    let mut eb = end(&b, Mode::Pull);
     pump(&mut ea, &mut eb);
     assert_eq!(records(&a), records(&b));
     assert_eq!(a.version_vector(), b.version_vector());
@@ -325,7 +296,7 @@ fn catch_up_progress_survives_a_peers_huge_vectors() {
 fn a_commit_larger_than_a_frame_goes_live_in_parts() {
     let (_da, a) = open();
     let (_db, b) = open();
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     let mut batch = meshkv::Batch::new();
     for i in 0..2500u32 {
@@ -365,7 +336,7 @@ fn a_commit_larger_than_a_frame_goes_live_in_parts() {
 fn a_live_queue_past_its_byte_bound_turns_into_a_catch_up() {
     let (_da, a) = open();
     let (_db, b) = open();
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     // 80 commits of 1 MiB while the peer reads nothing: far below the
     // 1 024-commit bound, above the byte bound.
@@ -405,7 +376,7 @@ fn a_live_queue_past_its_byte_bound_turns_into_a_catch_up() {
 fn ticks_on_a_stalled_link_queue_one_ping() {
     let (_da, a) = open();
     let (_db, b) = open();
-    let (mut ea, mut eb) = (End::new(&a, Mode::Sync), End::new(&b, Mode::Sync));
+    let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     let cfg = LinkConfig::default();
     let mut now = 0;

@@ -7,45 +7,15 @@
 //! a catch-up that sent the record again, and a hub and two peers never went
 //! quiet (found by the simulation, seed 22704).
 
-use meshkv::protocol::{codec, Link, LinkConfig, Mode};
-use meshkv::storage::{FeedError, Subscription};
-use meshkv::{Db, KeyRange, Options};
+mod common;
 
-struct End {
-    sub: Subscription,
-    link: Link,
-}
+use common::link_ends::{transmit, End, OnRefusal};
+use meshkv::protocol::{LinkConfig, Mode};
+use meshkv::{Db, Options};
 
-impl End {
-    fn new(db: &Db) -> End {
-        let sub = db.subscribe(KeyRange::all());
-        let cfg = LinkConfig { mode: Mode::Sync, queue: 1, ..LinkConfig::default() };
-        End { sub, link: Link::new(db.clone(), cfg, 0) }
-    }
-
-    fn pump_feed(&mut self) {
-        loop {
-            match self.sub.try_recv_commit() {
-                Ok(Some(c)) => self.link.handle_commit(c),
-                Ok(None) => break,
-                Err(FeedError::Lagged { .. }) => self.link.handle_feed_lagged(),
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-}
-
-/// Sends everything `from` has for `to`, through the codec.
-fn transmit(from: &mut End, to: &mut End) -> usize {
-    let mut n = 0;
-    while let Some(msg) = from.link.poll_transmit(0).expect("poll") {
-        let mut buf = Vec::new();
-        codec::encode(&msg, &mut buf);
-        let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("decode").expect("frame");
-        to.link.handle_message(msg, 0).expect("handle");
-        n += 1;
-    }
-    n
+/// A link on `db` whose live queue holds one commit.
+fn end(db: &Db) -> End {
+    End::new(db, LinkConfig { mode: Mode::Sync, queue: 1, ..LinkConfig::default() }, OnRefusal::Panic)
 }
 
 fn open() -> (tempfile::TempDir, Db) {
@@ -75,18 +45,18 @@ fn a_hub_and_two_peers_go_quiet_around_an_uncoverable_record() {
         }
         gone.node_id()
     };
-    let (mut h_left, mut left_h) = (End::new(&hub), End::new(&left));
-    let (mut h_right, mut right_h) = (End::new(&hub), End::new(&right));
+    let (mut h_left, mut left_h) = (end(&hub), end(&left));
+    let (mut h_right, mut right_h) = (end(&hub), end(&right));
     let mut moved = 0;
     for round in 0.. {
         assert!(round < 10_000, "the links never went quiet ({moved} messages)");
         for end in [&mut h_left, &mut left_h, &mut h_right, &mut right_h] {
             end.pump_feed();
         }
-        let n = transmit(&mut h_left, &mut left_h)
-            + transmit(&mut left_h, &mut h_left)
-            + transmit(&mut h_right, &mut right_h)
-            + transmit(&mut right_h, &mut h_right);
+        let n = transmit(&mut h_left, &mut left_h, usize::MAX)
+            + transmit(&mut left_h, &mut h_left, usize::MAX)
+            + transmit(&mut h_right, &mut right_h, usize::MAX)
+            + transmit(&mut right_h, &mut h_right, usize::MAX);
         if n == 0 {
             break;
         }

@@ -1,6 +1,8 @@
 //! Helpers shared by the multi-node integration tests.
 #![allow(dead_code)]
 
+pub mod link_ends;
+
 use meshkv::node::{Node, NodeConfig};
 use meshkv::Db;
 use std::net::SocketAddr;
