@@ -151,6 +151,12 @@ pub(crate) async fn run(
                 Err(e) => {
                     if !opts.retry {
                         state.fail_all(&e);
+                    } else if e.code != ErrorCode::ConnectionLost {
+                        // Refused for good: what was asked for meanwhile fails too.
+                        while let Ok(cmd) = commands.try_recv() {
+                            state.accept_unsent(cmd);
+                        }
+                        state.refuse(&e);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -204,6 +204,23 @@ impl InFlight {
         self.fail_watches();
     }
 
+    /// A reconnection was refused for good (the node now speaks another
+    /// protocol version, or belongs to another cluster or secret): retrying
+    /// cannot help, so everything fails now with `error` instead of at its
+    /// timeout, except a write already sent, which the node before may have
+    /// applied: that one fails as lost.
+    pub(super) fn refuse(&mut self, error: &super::Error) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let e = if p.sent && p.request.is_write() { unanswered() } else { error.clone() };
+            let _ = p.reply.send(Err(e));
+        }
+        for (_, w) in self.watches.drain() {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
     fn fail_watches(&mut self) {
         for (_, w) in self.watches.drain() {
             if let Some(reply) = w.reply {
@@ -290,6 +307,13 @@ fn restarted() -> super::Error {
     crate::protocol::request::RemoteError::new(
         crate::protocol::request::ErrorCode::ConnectionLost,
         "the node restarted before answering: the write may or may not have been applied (not re-sent)",
+    )
+}
+
+fn unanswered() -> super::Error {
+    crate::protocol::request::RemoteError::new(
+        crate::protocol::request::ErrorCode::ConnectionLost,
+        "the connection was lost before the node answered: the write may or may not have been applied",
     )
 }
 

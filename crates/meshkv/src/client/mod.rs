@@ -37,8 +37,11 @@ pub struct ClientOptions {
     /// write is then applied once, unless the node forgot its reply past
     /// its retry memory. A write sent to a node that restarted before
     /// answering (its `Hello` names another incarnation) is not re-sent:
-    /// it fails with [`ErrorCode::ConnectionLost`], applied or not. Off:
-    /// every request pending when the connection is lost fails with it.
+    /// it fails with [`ErrorCode::ConnectionLost`], applied or not. A node
+    /// that refuses the reconnection for good (another protocol version,
+    /// cluster or secret) fails the pending requests at once with its
+    /// refusal (a write already sent: connection-lost). Off: every request
+    /// pending when the connection is lost fails with it.
     pub retry: bool,
     /// Cluster name the node must have (default `meshkv`).
     pub cluster: String,
