@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// A scan chunk takes no further entry that would bring its keys and values
 /// past this many bytes (its first entry always fits a frame by itself).
@@ -181,7 +182,7 @@ pub(crate) async fn serve(
                     }
                     Err(_) => return,
                 }
-                if !flush(&mut out, idle, addr).await {
+                if !flush(&mut out, idle, addr, &shutdown).await {
                     return;
                 }
                 continue;
@@ -193,12 +194,12 @@ pub(crate) async fn serve(
                 }
                 tracing::debug!(%addr, "client idle for too long; closing");
                 let _ = out.queue(&Message::Close { reason: CloseReason::Timeout });
-                flush(&mut out, idle, addr).await;
+                flush(&mut out, idle, addr, &shutdown).await;
                 return;
             }
             _ = shutdown.changed() => {
                 let _ = out.queue(&Message::Close { reason: CloseReason::Shutdown });
-                flush(&mut out, idle, addr).await;
+                flush(&mut out, idle, addr, &shutdown).await;
                 return;
             }
         };
@@ -247,7 +248,7 @@ pub(crate) async fn serve(
                     codec::encode(&Message::Close { reason }, &mut replies);
                 }
                 if out.queue_frames(&replies).is_ok() {
-                    flush(&mut out, idle, addr).await;
+                    flush(&mut out, idle, addr, &shutdown).await;
                 }
                 return;
             }
@@ -261,7 +262,7 @@ pub(crate) async fn serve(
             }
         }
         session.commit_writes(&mut replies);
-        if out.queue_frames(&replies).is_err() || !flush(&mut out, idle, addr).await {
+        if out.queue_frames(&replies).is_err() || !flush(&mut out, idle, addr, &shutdown).await {
             return;
         }
         answered = true;
@@ -270,7 +271,7 @@ pub(crate) async fn serve(
 
 /// Writes what is queued; `false` if the connection failed or the client
 /// did not read for `idle`.
-async fn flush(out: &mut FrameWriter, idle: Duration, addr: SocketAddr) -> bool {
+async fn flush(out: &mut FrameWriter, idle: Duration, addr: SocketAddr, shutdown: &watch::Receiver<bool>) -> bool {
     // Most replies fit in the socket's buffer: no timer for those.
     if out.try_flush().is_err() {
         return false;
@@ -278,15 +279,34 @@ async fn flush(out: &mut FrameWriter, idle: Duration, addr: SocketAddr) -> bool 
     if out.pending() == 0 {
         return true;
     }
-    match tokio::time::timeout(idle, out.flush()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            tracing::warn!(%addr, "client stopped reading replies; closing");
+    // Once the node shuts down, a client that does not read gets only a
+    // moment more, so that shutdown does not wait for it.
+    let mut shutdown = shutdown.clone();
+    let closing = async {
+        if !*shutdown.borrow_and_update() {
+            let _ = shutdown.changed().await;
+        }
+        tokio::time::sleep(CLOSING_FLUSH).await;
+    };
+    tokio::select! {
+        written = tokio::time::timeout(idle, out.flush()) => match written {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!(%addr, "client stopped reading replies; closing");
+                false
+            }
+        },
+        () = closing => {
+            tracing::debug!(%addr, "shutting down while the client does not read; closing");
             false
         }
     }
 }
+
+/// How long a session of a node that shuts down still waits for its
+/// client to take the replies and the `Close` queued for it.
+const CLOSING_FLUSH: Duration = Duration::from_millis(200);
 
 /// An open scan of a client.
 struct Cursor {
