@@ -5,7 +5,8 @@
 //! defaults: data in `./meshkv-data`, listening on `127.0.0.1:7420`, no
 //! peers, cluster `meshkv`. Startup failures (address in use, a data
 //! directory that is locked, corrupt or not a store, a bad config) print
-//! one error line and exit with code 2.
+//! one error line and exit with code 2; the sockets are bound before the
+//! store is opened, so a node that cannot listen leaves no store behind.
 
 use crate::remote::{fail, load_secret, Target, DEFAULT_CLUSTER, DEFAULT_NODE};
 use anyhow::{anyhow, bail, Context, Result};
@@ -294,9 +295,12 @@ fn serve(args: ServeArgs, target: Target) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
     let served = runtime.block_on(async {
         // The library's errors already name their cause: no `{:#}` chain.
+        // Sockets first: a node that cannot start (port in use, settings it
+        // refuses) must not create or touch the store.
+        let bound = Node::bind(cfg).await.map_err(|e| anyhow!("{e}"))?;
         let db = Db::open(&s.data, options)
             .map_err(|e| anyhow!("cannot open the data directory {}: {e}", s.data.display()))?;
-        let node = Node::start(db.clone(), cfg).await.map_err(|e| anyhow!("{e}"))?;
+        let node = bound.start(db.clone());
         let addr = node.local_addr().unwrap_or(listen);
         tracing::info!(
             %addr,

@@ -221,6 +221,15 @@ impl Node {
     /// Starts replicating `db`: binds the listener and dials the peers.
     /// Must be called within a tokio runtime.
     pub async fn start(db: Db, cfg: NodeConfig) -> Result<Node, NodeError> {
+        Ok(Node::bind(cfg).await?.start(db))
+    }
+
+    /// Checks `cfg` and binds its sockets (listener, metrics, discovery)
+    /// without a store: a program that opens (and perhaps creates) its
+    /// store only once this succeeded leaves nothing behind when the node
+    /// cannot start. [`BoundNode::start`] then serves the store. Must be
+    /// called within a tokio runtime.
+    pub async fn bind(cfg: NodeConfig) -> Result<BoundNode, NodeError> {
         if cfg.security.read_only_secret.is_some() && cfg.security.secret.is_none() {
             return Err(NodeError::Config("a read-only secret needs the cluster secret as well".into()));
         }
@@ -246,16 +255,40 @@ impl Node {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(listen(addr, "peers and clients"))?),
             None => None,
         };
-        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let metrics_listener = match cfg.metrics {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(listen(addr, "metrics"))?),
             None => None,
         };
-        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let discovery_socket = match &cfg.discovery {
             Some(d) => Some(discovery::bind(d).map_err(listen(d.bind, "discovery"))?),
             None => None,
         };
+        Ok(BoundNode { cfg, listener, metrics_listener, discovery_socket })
+    }
+}
+
+/// A node whose configuration was checked and whose sockets are bound,
+/// not yet serving a store (see [`Node::bind`]). Dropping it releases the
+/// sockets.
+pub struct BoundNode {
+    cfg: NodeConfig,
+    listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    discovery_socket: Option<tokio::net::UdpSocket>,
+}
+
+impl BoundNode {
+    /// The address the node listens on for peers and clients, if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Starts replicating `db` on the bound sockets and dials the peers.
+    /// Must be called within a tokio runtime.
+    pub fn start(self, db: Db) -> Node {
+        let BoundNode { cfg, listener, metrics_listener, discovery_socket } = self;
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let discovery_addr = discovery_socket.as_ref().and_then(|s| s.local_addr().ok());
         let (events, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -337,9 +370,11 @@ impl Node {
         for (addr, mode) in cfg.peers {
             node.add_peer(addr, mode);
         }
-        Ok(node)
+        node
     }
+}
 
+impl Node {
     /// The store this node replicates.
     pub fn db(&self) -> &Db {
         &self.db
