@@ -106,6 +106,9 @@ fn a_path_that_is_a_file_is_a_clear_error() {
     fs::write(&file, "x").expect("write");
     let err = Db::open(&file, Options::default()).err().expect("refused");
     assert!(matches!(err, Error::Io { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&file.display().to_string()) && msg.contains("is a file, not a directory"), "{msg}");
+    assert_eq!(fs::read(&file).expect("read"), b"x", "the file is left as it was");
 }
 
 #[test]

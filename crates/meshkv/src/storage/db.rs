@@ -377,6 +377,10 @@ enum Found {
 /// store with a new node id would silently replace the lost one.
 fn prepare_dir(path: &Path) -> Result<Found> {
     let io = |context: &str| io_error(path, context);
+    if path.exists() && !path.is_dir() {
+        let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it is a file, not a directory");
+        return Err(io("cannot use as data directory")(source));
+    }
     fs::create_dir_all(path).map_err(io("cannot create data directory"))?;
     let marker = path.join(MARKER_FILE);
     let found = match fs::read(&marker) {
