@@ -138,8 +138,8 @@ impl Snapshot {
     /// cover, ascending: one log seek per origin present, then the log
     /// above `vv`. A replica's vector normally covers all it holds; what it
     /// does not is a catch-up in progress, or writes of a lost origin above
-    /// a gap, which no vector can ever cover. Entries held back by an
-    /// ingestion are not in the log yet and are left out.
+    /// a gap, which no vector can ever cover. Like every reader of the
+    /// log, it sees the entries an ingestion held back.
     pub fn held_above(&self, vv: &VersionVector, max: usize) -> Result<Vec<Dot>> {
         let db = &self.db;
         let mut held = Vec::new();
