@@ -10,17 +10,11 @@ use meshkv::client::{Client, ClientOptions};
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::protocol::{ErrorCode, Mode};
 use meshkv::secure::{Secret, Security};
-use meshkv::{Db, Options};
+use meshkv::Db;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
 const VALUE: &[u8] = b"a value only the cluster may see: 7f3e9a1c";
-
-fn open() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
-}
 
 async fn start_with(db: Db, security: Security) -> Node {
     Node::start(db, NodeConfig { listen: loopback(), security, ..NodeConfig::default() }).await.expect("start")
@@ -43,8 +37,8 @@ async fn error_event(events: &mut broadcast::Receiver<NodeEvent>, needle: &str) 
 /// Each node dials the other through a capturing proxy; asserts that the
 /// refusal is reported on both nodes and that no record crossed.
 async fn assert_refused_both_ways(a: Security, b: Security, needle_a: &str, needle_b: &str) {
-    let (_da, db_a) = open();
-    let (_db, db_b) = open();
+    let (_da, db_a) = common::temp_store();
+    let (_db, db_b) = common::temp_store();
     db_a.put("from-a", VALUE).expect("put");
     db_b.put("from-b", VALUE).expect("put");
     let mut a = start_with(db_a.clone(), a).await;
@@ -90,8 +84,8 @@ async fn a_peer_without_a_secret_is_refused_and_refuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_only_secret_cannot_replicate() {
     let (secret, read_only) = (Secret::generate(), Secret::generate());
-    let (_da, db_a) = open();
-    let (_db, db_b) = open();
+    let (_da, db_a) = common::temp_store();
+    let (_db, db_b) = common::temp_store();
     db_a.put("from-a", VALUE).expect("put");
     db_b.put("from-b", VALUE).expect("put");
     let a =
@@ -108,7 +102,7 @@ async fn the_read_only_secret_cannot_replicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_need_the_secret_and_the_read_only_secret_only_reads() {
     let (secret, read_only) = (Secret::generate(), Secret::generate());
-    let (_d, db) = open();
+    let (_d, db) = common::temp_store();
     db.put("k", VALUE).expect("put");
     let node =
         start_with(db.clone(), Security { secret: Some(secret.clone()), read_only_secret: Some(read_only.clone()) })
@@ -146,7 +140,7 @@ async fn clients_need_the_secret_and_the_read_only_secret_only_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_a_secret_refuses_a_node_without_one() {
-    let (_d, db) = open();
+    let (_d, db) = common::temp_store();
     let node = common::start(db).await;
     let options = ClientOptions { secret: Some(Secret::generate()), retry: false, ..ClientOptions::default() };
     let e = Client::connect(node.local_addr().expect("addr"), options).await.err().expect("connected in plaintext");
@@ -157,8 +151,8 @@ async fn a_client_with_a_secret_refuses_a_node_without_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_the_same_secret_replicate() {
     let secret = Secret::generate();
-    let (_da, db_a) = open();
-    let (_db, db_b) = open();
+    let (_da, db_a) = common::temp_store();
+    let (_db, db_b) = common::temp_store();
     let a = start_secured(db_a.clone(), &secret).await;
     let mut b = start_secured(db_b.clone(), &secret).await;
     b.add_peer(a.local_addr().expect("addr"), Mode::Sync);

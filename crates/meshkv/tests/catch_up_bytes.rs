@@ -4,9 +4,11 @@
 //! size plus a constant. Nodes in sync send no records either when they
 //! hold writes no vector can ever cover.
 
+mod common;
+
 use meshkv::protocol::{codec, Link, LinkConfig, Mode};
 use meshkv::storage::Subscription;
-use meshkv::{Batch, Db, KeyRange, Options};
+use meshkv::{Batch, Db, KeyRange};
 
 struct End {
     sub: Subscription,
@@ -56,15 +58,9 @@ fn load(db: &Db, from: u32, to: u32, tag: u8) {
     }
 }
 
-fn store() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("dir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
-}
-
 #[test]
 fn in_sync_reconnect_and_small_difference_cost_few_bytes() {
-    let ((_da, a), (_db, b)) = (store(), store());
+    let ((_da, a), (_db, b)) = (common::temp_store(), common::temp_store());
     load(&a, 0, 100_000, 1);
     let (mut ea, mut eb) = (End::connect(&a), End::connect(&b));
     pump(&mut ea, &mut eb);
@@ -105,10 +101,10 @@ fn in_sync_reconnect_and_small_difference_cost_few_bytes() {
 /// every reconnect (and every catch-up) sent them again.
 #[test]
 fn in_sync_nodes_do_not_resend_writes_no_vector_covers() {
-    let ((_da, a), (_db, b)) = (store(), store());
+    let ((_da, a), (_db, b)) = (common::temp_store(), common::temp_store());
     load(&a, 0, 1_000, 1);
     let origin = {
-        let (_dir, gone) = store();
+        let (_dir, gone) = common::temp_store();
         gone.put("lost", "never arrives").expect("put");
         for i in 0..10 {
             gone.put(format!("kept{i}"), "arrived").expect("put");

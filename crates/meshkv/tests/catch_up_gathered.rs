@@ -7,9 +7,11 @@
 //! Two protocol state machines wired back to back in memory through the real
 //! codec, each on a real store.
 
+mod common;
+
 use meshkv::protocol::{codec, Link, LinkConfig, Message, Mode};
 use meshkv::storage::ResumePoint;
-use meshkv::{Batch, Db, Options, ScanOptions};
+use meshkv::{Batch, Db, ScanOptions};
 
 /// Records on the sender: five batches of `BATCH`.
 const N: u32 = 40_000;
@@ -17,12 +19,6 @@ const BATCH: usize = 8192;
 
 fn config(mode: Mode) -> LinkConfig {
     LinkConfig { mode, batch_items: BATCH, batch_bytes: 4 << 20, ..LinkConfig::default() }
-}
-
-fn open() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
 }
 
 /// Everything `from` has to send now, through the codec.
@@ -61,8 +57,8 @@ fn connect(a: &Db, b: &Db) -> (Link, Link, Vec<Message>) {
 
 #[test]
 fn gathered_batches_apply_together_when_no_message_waits() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
         let mut batch = Batch::new();
         for &i in chunk {

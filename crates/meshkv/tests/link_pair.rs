@@ -6,7 +6,7 @@ mod common;
 use common::link_ends::{transmit, End, OnRefusal};
 use meshkv::protocol::{codec, Link, LinkConfig, LinkEvent, Message, Mode};
 use meshkv::storage::ResumePoint;
-use meshkv::{Db, Options};
+use meshkv::Db;
 
 /// A link on `db` in `mode`, with small batches and window. A message it
 /// refuses closes it, as a connection would close, and the test goes on.
@@ -34,20 +34,14 @@ fn pump(a: &mut End, b: &mut End) -> usize {
     panic!("the links never went quiet");
 }
 
-fn open() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
-}
-
 fn events(link: &mut Link) -> Vec<LinkEvent> {
     std::iter::from_fn(|| link.poll_event()).collect()
 }
 
 #[test]
 fn sync_catches_up_both_ways_then_pushes_live() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..300u32 {
         a.put(format!("a{i}"), "x").expect("put");
     }
@@ -70,8 +64,8 @@ fn sync_catches_up_both_ways_then_pushes_live() {
 
 #[test]
 fn pull_only_receives_and_push_only_sends() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     a.put("from-a", "1").expect("put");
     b.put("from-b", "2").expect("put");
     let (mut ea, mut eb) = (end(&a, Mode::Pull), end(&b, Mode::Sync));
@@ -82,8 +76,8 @@ fn pull_only_receives_and_push_only_sends() {
 
 #[test]
 fn reconnecting_in_sync_nodes_exchange_almost_nothing() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..2000u32 {
         a.put(i.to_be_bytes(), [0u8; 100]).expect("put");
     }
@@ -96,8 +90,8 @@ fn reconnecting_in_sync_nodes_exchange_almost_nothing() {
 
 #[test]
 fn an_interrupted_catch_up_resumes() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..1000u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
@@ -132,8 +126,8 @@ fn records(db: &Db) -> Vec<(Vec<u8>, meshkv::Record)> {
 /// point, after it, and new keys — all arrive, and nothing else is sent again.
 #[test]
 fn an_interrupted_key_order_catch_up_resumes_and_gets_later_writes() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..1000u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
@@ -177,8 +171,8 @@ fn an_interrupted_key_order_catch_up_resumes_and_gets_later_writes() {
 /// order, and an interrupted log-order catch-up resumes where it stopped.
 #[test]
 fn an_interrupted_log_order_catch_up_resumes() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..2000u32 {
         a.put(i.to_be_bytes(), [1u8; 100]).expect("put");
     }
@@ -215,8 +209,8 @@ fn an_interrupted_log_order_catch_up_resumes() {
 /// first batch leaves: here, before the sender's `CatchUpStart` is sent.
 #[test]
 fn a_catch_up_snapshot_is_durable_before_it_is_streamed() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..10u32 {
         a.put(format!("k{i}"), "v").expect("put");
     }
@@ -247,8 +241,8 @@ fn a_catch_up_snapshot_is_durable_before_it_is_streamed() {
 /// writes it never got.
 #[test]
 fn zero_batch_bytes_still_sends_every_record() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     for i in 0..10u32 {
         a.put(format!("k{i}"), "v").expect("put");
     }
@@ -264,7 +258,7 @@ fn zero_batch_bytes_still_sends_every_record() {
 /// neither panics nor wraps.
 #[test]
 fn catch_up_progress_survives_a_peers_huge_vectors() {
-    let (_db, b) = open();
+    let (_db, b) = common::temp_store();
     let mut link = Link::new(b.clone(), LinkConfig::default(), 0);
     let hello = meshkv::protocol::Hello {
         magic: meshkv::protocol::MAGIC,
@@ -294,8 +288,8 @@ fn catch_up_progress_survives_a_peers_huge_vectors() {
 /// refused, and the peer covers the commit only once it holds all of it.
 #[test]
 fn a_commit_larger_than_a_frame_goes_live_in_parts() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     let mut batch = meshkv::Batch::new();
@@ -334,8 +328,8 @@ fn a_commit_larger_than_a_frame_goes_live_in_parts() {
 /// peer up from a new snapshot instead, and the peer still gets everything.
 #[test]
 fn a_live_queue_past_its_byte_bound_turns_into_a_catch_up() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     // 80 commits of 1 MiB while the peer reads nothing: far below the
@@ -374,8 +368,8 @@ fn a_live_queue_past_its_byte_bound_turns_into_a_catch_up() {
 /// meanwhile leave one ping waiting, not one per tick.
 #[test]
 fn ticks_on_a_stalled_link_queue_one_ping() {
-    let (_da, a) = open();
-    let (_db, b) = open();
+    let (_da, a) = common::temp_store();
+    let (_db, b) = common::temp_store();
     let (mut ea, mut eb) = (end(&a, Mode::Sync), end(&b, Mode::Sync));
     pump(&mut ea, &mut eb);
     let cfg = LinkConfig::default();

@@ -1,13 +1,9 @@
 //! The local API: get/put/delete, atomic batches, range iteration and
 //! snapshots, over arbitrary byte keys.
 
-use meshkv::{Batch, Db, KeyRange, Options, ScanOptions};
+mod common;
 
-fn open() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
-}
+use meshkv::{Batch, Db, KeyRange, Options, ScanOptions};
 
 fn keys(db: &Db, opts: ScanOptions) -> Vec<Vec<u8>> {
     db.scan(opts).map(|e| e.expect("scan").key).collect()
@@ -15,7 +11,7 @@ fn keys(db: &Db, opts: ScanOptions) -> Vec<Vec<u8>> {
 
 #[test]
 fn put_get_delete_roundtrip_with_byte_keys() {
-    let (_dir, db) = open();
+    let (_dir, db) = common::temp_store();
     for key in [&b""[..], b"\x00", b"\xff", b"\x00\x00", b"\xff\xff", b"a"] {
         db.put(key, [key, b"!"].concat()).expect("put");
     }
@@ -34,7 +30,7 @@ fn put_get_delete_roundtrip_with_byte_keys() {
 
 #[test]
 fn batch_is_atomic_and_last_op_per_key_wins() {
-    let (_dir, db) = open();
+    let (_dir, db) = common::temp_store();
     db.put("gone", "x").expect("put");
     let mut b = Batch::new();
     b.put("a", "1").put("b", "2").delete("gone").put("a", "3");
@@ -52,7 +48,7 @@ fn batch_is_atomic_and_last_op_per_key_wins() {
 
 #[test]
 fn scan_bounds_prefix_limit_reverse() {
-    let (_dir, db) = open();
+    let (_dir, db) = common::temp_store();
     let all: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         b"\x00".to_vec(),
@@ -94,7 +90,7 @@ fn scan_bounds_prefix_limit_reverse() {
 
 #[test]
 fn snapshot_reads_stay_consistent_while_writes_continue() {
-    let (_dir, db) = open();
+    let (_dir, db) = common::temp_store();
     db.put("k1", "old").expect("put");
     let snap = db.snapshot();
     db.put("k1", "new").expect("put");
@@ -125,7 +121,7 @@ fn node_id_and_sequence_survive_reopen() {
 /// supersede exactly the right log entries and carry the right context.
 #[test]
 fn large_batch_overwrites_supersede_their_log_entries() {
-    let (_dir, db) = open();
+    let (_dir, db) = common::temp_store();
     let mut first = Batch::new();
     for i in 0..1000u32 {
         first.put(i.to_be_bytes(), "v1");

@@ -8,7 +8,7 @@ mod common;
 use common::loopback;
 use meshkv::node::{Node, NodeConfig, NodeEvent};
 use meshkv::secure::{Handshake, Secret, Security};
-use meshkv::{Db, Options};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -54,12 +54,6 @@ fn install() {
     ONCE.get_or_init(|| tracing::subscriber::set_global_default(WarnCounter).expect("global subscriber"));
 }
 
-fn open() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
-}
-
 /// Sends `bytes` on a fresh connection and reads until the node closes it.
 async fn hit(addr: SocketAddr, bytes: &[u8], then: &[u8]) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -93,7 +87,7 @@ async fn hit(addr: SocketAddr, bytes: &[u8], then: &[u8]) {
 async fn a_replayed_handshake_then_garbage_is_refused_under_the_rate_limit() {
     install();
     let secret = Secret::generate();
-    let (_d, db) = open();
+    let (_d, db) = common::temp_store();
     let security = Security::with_secret(secret.clone());
     let node = Node::start(db, NodeConfig { listen: loopback(), security: security.clone(), ..NodeConfig::default() })
         .await

@@ -11,32 +11,26 @@ mod common;
 
 use common::link_ends::{transmit, End, OnRefusal};
 use meshkv::protocol::{LinkConfig, Mode};
-use meshkv::{Db, Options};
+use meshkv::Db;
 
 /// A link on `db` whose live queue holds one commit.
 fn end(db: &Db) -> End {
     End::new(db, LinkConfig { mode: Mode::Sync, queue: 1, ..LinkConfig::default() }, OnRefusal::Panic)
 }
 
-fn open() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(dir.path(), Options::default()).expect("open");
-    (dir, db)
-}
-
 #[test]
 fn a_hub_and_two_peers_go_quiet_around_an_uncoverable_record() {
     let (_dirs, [hub, left, right]) = {
-        let (d0, a) = open();
-        let (d1, b) = open();
-        let (d2, c) = open();
+        let (d0, a) = common::temp_store();
+        let (d1, b) = common::temp_store();
+        let (d2, c) = common::temp_store();
         ([d0, d1, d2], [a, b, c])
     };
     hub.put("mine", "h").expect("put");
     // The wiped node wrote twice; only its second write reached the others,
     // without anything that covers it (a catch-up cut short, say).
     let origin = {
-        let (_dir, gone) = open();
+        let (_dir, gone) = common::temp_store();
         gone.put("lost", "never arrives").expect("put");
         gone.put("kept", "arrived").expect("put");
         let record = gone.get_record("kept").expect("get").expect("record");

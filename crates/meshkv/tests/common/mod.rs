@@ -8,6 +8,14 @@ use meshkv::Db;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// A store with default options in a fresh temporary directory (removed
+/// when the returned guard is dropped).
+pub fn temp_store() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), meshkv::Options::default()).expect("open");
+    (dir, db)
+}
+
 /// 127.0.0.1 with an ephemeral port: tests never use any other address.
 pub fn loopback() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 0)))
