@@ -222,11 +222,6 @@ impl ChangesSince {
         self
     }
 
-    /// Whether the peer has `d`: its vector covers it or it holds it.
-    fn covered(&self, d: Dot) -> bool {
-        self.since.contains(d) || (!self.held.is_empty() && self.held.binary_search(&d).is_ok())
-    }
-
     /// The sender's version vector at the snapshot: what the receiver covers
     /// once it has applied every item.
     pub fn version_vector(&self) -> &VersionVector {
@@ -309,8 +304,8 @@ impl ChangesSince {
                 };
                 // A block can start below the range's first seq.
                 let (since, held) = (&self.since, &self.held);
-                let covered = |d: Dot| since.contains(d) || held.binary_search(&d).is_ok();
-                pending.extend(dots.into_iter().filter(|(d, _)| !covered(*d)).map(|(d, k)| (d, k.to_vec())));
+                pending
+                    .extend(dots.into_iter().filter(|(d, _)| !peer_has(since, held, *d)).map(|(d, k)| (d, k.to_vec())));
                 continue;
             };
             let db = &self.snap.db;
@@ -323,7 +318,7 @@ impl ChangesSince {
             }
             // A record with several uncovered versions is sent once: at the
             // first of them in log order.
-            let first_uncovered = record.dots().filter(|d| !self.covered(*d)).min();
+            let first_uncovered = record.dots().filter(|d| !peer_has(&self.since, &self.held, *d)).min();
             if first_uncovered == Some(dot) {
                 self.last_dot = Some(dot);
                 return Ok(Some((key, record)));
@@ -339,11 +334,7 @@ impl ChangesSince {
             let key = keys::user_key(&dkey);
             let record = parse(key, &raw)?;
             let skipped = skip.as_ref().filter(|s| key <= s.key.as_slice()).map(|s| &s.covered);
-            let wanted = record.dots().any(|d| {
-                !since.contains(d)
-                    && !skipped.is_some_and(|c| c.contains(d))
-                    && (held.is_empty() || held.binary_search(&d).is_err())
-            });
+            let wanted = record.dots().any(|d| !peer_has(since, held, d) && !skipped.is_some_and(|c| c.contains(d)));
             if wanted {
                 let last = self.last_key.get_or_insert_with(Vec::new);
                 last.clear();
@@ -353,6 +344,11 @@ impl ChangesSince {
         }
         Ok(None)
     }
+}
+
+/// Whether a peer with vector `since` that holds `held` (sorted) has `d`.
+fn peer_has(since: &VersionVector, held: &[Dot], d: Dot) -> bool {
+    since.contains(d) || (!held.is_empty() && held.binary_search(&d).is_ok())
 }
 
 /// The stored record of user key `key`, checked well formed.
