@@ -1,9 +1,10 @@
 //! Drives one [`Link`] over one TCP connection: a reader task decodes
-//! frames into a bounded channel; the link task multiplexes incoming
+//! frames into an inbox bounded in bytes; the link task multiplexes incoming
 //! messages, local commits, timer ticks and socket writes, so neither
 //! direction can stall the other.
 
 use super::admission::Ticket;
+use super::inbox::{inbox, Inbox, InboxSender, INBOX_BYTES};
 use super::registry::{Claim, LinkCounts, Registry};
 use super::retry::RetryCache;
 use super::session::{self, ServerOptions};
@@ -115,8 +116,6 @@ pub(crate) struct ServerState {
     /// once the store changed.
     pub key_count: std::sync::Mutex<Option<((u64, u64), u64)>>,
 }
-
-type Incoming = mpsc::Receiver<Result<Message, FrameError>>;
 
 /// Runs a connection this node accepted until it closes: the handshake
 /// (authentication, evictable, under the handshake timeout), then a peer
@@ -279,13 +278,15 @@ async fn run_link(
     dialed: bool,
     first: Option<Result<Message, FrameError>>,
 ) -> Ended {
-    let (in_tx, incoming) = mpsc::channel::<Result<Message, FrameError>>(16);
+    let (in_tx, incoming) = inbox(INBOX_BYTES);
     let received = Arc::new(AtomicU64::new(0));
-    let reader = tokio::spawn(read_frames(frames, in_tx, Arc::clone(&received)));
+    // Aborted with this task too (a shutdown past its bound aborts it): the
+    // reader holds the socket's read half open.
+    let reader = AbortOnDrop(tokio::spawn(read_frames(frames, in_tx, Arc::clone(&received))));
     let conn = ctx.registry.new_connection(addr);
     let link = LinkIo { incoming, writer, received };
     let ended = drive(&ctx, link, first, addr, cfg, dialed, conn).await;
-    reader.abort();
+    drop(reader);
     ctx.registry.release(conn, ended.peer_vv.as_ref());
     // Only for a link that was the peer's, and only if no other took over.
     if let (Some(peer), true) = (ended.peer, ended.claimed) {
@@ -296,10 +297,19 @@ async fn run_link(
     ended
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A link's side of its connection: decoded frames in, frames out, and the
 /// count of frame bytes the reader has decoded.
 struct LinkIo {
-    incoming: Incoming,
+    incoming: Inbox,
     writer: FrameWriter,
     received: Arc<AtomicU64>,
 }
@@ -480,9 +490,10 @@ async fn drive(
                 }
             },
             msg = in_rx.recv() => match msg {
-                Some(frame) => {
+                Some(received) => {
                     let more = !in_rx.is_empty();
-                    deliver(ctx, &mut link, addr, frame, more);
+                    // Its room in the inbox is given back once it is handled.
+                    deliver(ctx, &mut link, addr, received.frame, more);
                 }
                 None => {
                     peer_gone = true;
@@ -570,11 +581,33 @@ fn deliver(ctx: &ConnCtx, link: &mut Link, addr: SocketAddr, frame: Result<Messa
 
 /// Forwards frames to the link task until EOF or a malformed frame (which
 /// is forwarded as an error).
-async fn read_frames(mut frames: FrameReader, tx: mpsc::Sender<Result<Message, FrameError>>, decoded: Arc<AtomicU64>) {
+async fn read_frames(mut frames: FrameReader, tx: InboxSender, decoded: Arc<AtomicU64>) {
+    let mut before = frames.decoded_bytes();
     while let Some(m) = frames.next().await {
-        decoded.store(frames.decoded_bytes(), Ordering::Relaxed);
-        if tx.send(m).await.is_err() {
+        let now = frames.decoded_bytes();
+        decoded.store(now, Ordering::Relaxed);
+        if tx.send(m, (now - before) as usize).await.is_err() {
             return;
         }
+        before = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AbortOnDrop;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn dropping_the_guard_aborts_its_task() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let guard = AbortOnDrop(tokio::spawn(async move {
+            let _held = tx;
+            std::future::pending::<()>().await
+        }));
+        drop(guard);
+        // The aborted task's future, and the sender it holds, are dropped.
+        let ended = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        assert!(matches!(ended, Ok(Err(_))), "the task still runs");
     }
 }

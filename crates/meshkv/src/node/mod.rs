@@ -9,6 +9,7 @@ mod dialer;
 mod discovery;
 mod exchange;
 mod group;
+mod inbox;
 mod metrics;
 mod registry;
 mod retry;

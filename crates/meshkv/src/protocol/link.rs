@@ -20,7 +20,7 @@ pub struct LinkConfig {
     pub cluster: String,
     /// What this side wants on the link.
     pub mode: Mode,
-    /// Unacknowledged batches in flight (default 16).
+    /// Unacknowledged batches in flight (default 64).
     pub window: u64,
     /// Soft cap on one batch's size in bytes (default 256 KiB).
     pub batch_bytes: usize,
@@ -53,7 +53,7 @@ impl Default for LinkConfig {
         LinkConfig {
             cluster: "meshkv".into(),
             mode: Mode::Sync,
-            window: 16,
+            window: 64,
             batch_bytes: 256 * 1024,
             batch_items: 4096,
             queue: 1024,
