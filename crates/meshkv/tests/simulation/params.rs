@@ -129,7 +129,7 @@ impl Params {
         };
         let small_feed = rng.random_bool(0.25);
         let link = LinkConfig {
-            window: pick(rng, &[1, 2, 3, 4, 16]),
+            window: pick(rng, &[1, 2, 3, 4, 64]),
             batch_items: pick(rng, &[1, 2, 3, 5, 4096]),
             batch_bytes: pick(rng, &[16, 100, 1024, 256 * 1024]),
             queue: if rng.random_bool(0.3) { rng.random_range(1..=3) } else { 1024 },
