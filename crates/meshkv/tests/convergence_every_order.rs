@@ -8,23 +8,21 @@
 //! random scripts, this file on every order of a few chosen cases
 //! (ALGORITHM.md, I4).
 
-use meshkv::clock::PhysicalClock;
+use meshkv::clock::ManualClock;
 use meshkv::storage::Choice;
 use meshkv::{Batch, ConflictPolicy, Db, NodeId, Options, Record};
 use std::path::Path;
 use std::sync::Arc;
 
-struct Fixed(u64);
-impl PhysicalClock for Fixed {
-    fn now_ms(&self) -> u64 {
-        self.0
-    }
-}
-
 const NOW: u64 = 1_700_000_000_000;
 
 fn open(dir: &Path, id: u64, wall: u64, policy: ConflictPolicy) -> Db {
-    let opts = Options { clock: Arc::new(Fixed(wall)), new_node_id: Some(NodeId(id)), policy, ..Options::default() };
+    let opts = Options {
+        clock: Arc::new(ManualClock::new(wall)),
+        new_node_id: Some(NodeId(id)),
+        policy,
+        ..Options::default()
+    };
     Db::open(dir, opts).expect("open")
 }
 

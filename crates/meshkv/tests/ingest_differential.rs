@@ -9,7 +9,7 @@
 //!
 //! Replay one seed: `MESHKV_INGEST_SEED=<n> cargo test -p meshkv --test ingest_differential`.
 
-use meshkv::clock::PhysicalClock;
+use meshkv::clock::ManualClock;
 use meshkv::storage::ApplyContext;
 use meshkv::{Batch, Db, NodeId, Options, Record, VersionVector};
 use rand::rngs::StdRng;
@@ -22,18 +22,14 @@ const SEEDS: u64 = 24;
 /// Keys the writers choose from.
 const KEYS: u32 = 300;
 
-/// The same wall time for every store, so both receivers' local writes get
-/// the same timestamps.
-struct FixedClock;
-
-impl PhysicalClock for FixedClock {
-    fn now_ms(&self) -> u64 {
-        1_700_000_000_000
-    }
-}
-
 fn options(id: u64, ingest_min_records: usize) -> Options {
-    Options { new_node_id: Some(NodeId(id)), clock: Arc::new(FixedClock), ingest_min_records, ..Options::default() }
+    Options {
+        new_node_id: Some(NodeId(id)), // The same wall time for every store, so both receivers' local writes
+        // get the same timestamps.
+        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+        ingest_min_records,
+        ..Options::default()
+    }
 }
 
 fn key(i: u32) -> String {

@@ -2,22 +2,15 @@
 //! the 60 s a node's clock agrees to adopt: an overwrite orders after the
 //! record it supersedes, so a loser dropped under it can never win again.
 
-use meshkv::clock::PhysicalClock;
+use meshkv::clock::ManualClock;
 use meshkv::{Db, Options, Record, VersionVector};
 use std::sync::Arc;
-
-struct Fixed(u64);
-impl PhysicalClock for Fixed {
-    fn now_ms(&self) -> u64 {
-        self.0
-    }
-}
 
 const NOW: u64 = 1_700_000_000_000;
 const HOUR: u64 = 3_600_000;
 
 fn open(dir: &std::path::Path, wall: u64) -> Db {
-    let opts = Options { clock: Arc::new(Fixed(wall)), ..Options::default() };
+    let opts = Options { clock: Arc::new(ManualClock::new(wall)), ..Options::default() };
     Db::open(dir, opts).expect("open")
 }
 

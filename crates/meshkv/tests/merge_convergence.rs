@@ -30,7 +30,7 @@
 //! keys (a per-case prefix) and starts by converging all origins, so earlier
 //! cases cannot influence its outcome.
 
-use meshkv::clock::PhysicalClock;
+use meshkv::clock::ManualClock;
 use meshkv::storage::{Choice, Version};
 use meshkv::{Batch, ConflictPolicy, Db, Dot, Hlc, KeyRange, NodeId, Options, Record, ScanOptions, VersionVector};
 use proptest::collection::vec;
@@ -41,7 +41,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -61,17 +60,6 @@ trait OrFail<T> {
 impl<T> OrFail<T> for meshkv::Result<T> {
     fn or_fail(self, what: &str) -> Outcome<T> {
         self.map_err(|e| TestCaseError::fail(format!("{what}: {e}")))
-    }
-}
-
-/// A wall clock shared by all stores of a property, driven by the script:
-/// it stands still unless a `Tick` step moves it, so HLC timestamps of
-/// different origins often tie and the tie-break by node id matters.
-struct TestClock(AtomicU64);
-
-impl PhysicalClock for TestClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -327,7 +315,10 @@ impl Stats {
 
 struct Fixture {
     kind: PolicyKind,
-    clock: Arc<TestClock>,
+    /// Shared by all stores of a property and driven by the script: it
+    /// stands still unless a `Tick` step moves it, so HLC timestamps of
+    /// different origins often tie and the tie-break by node id matters.
+    clock: Arc<ManualClock>,
     calls: Arc<Mutex<Vec<Call>>>,
     stores: RefCell<Option<Stores>>,
     case: Cell<u64>,
@@ -394,7 +385,7 @@ impl Fixture {
     fn new(kind: PolicyKind) -> Self {
         Fixture {
             kind,
-            clock: Arc::new(TestClock(AtomicU64::new(1_700_000_000_000))),
+            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
             calls: Arc::new(Mutex::new(Vec::new())),
             stores: RefCell::new(None),
             case: Cell::new(0),
@@ -452,7 +443,7 @@ impl Fixture {
         stores.used += 1;
         let case = self.case.get();
         self.case.set(case + 1);
-        self.clock.0.fetch_add(1_000, Ordering::SeqCst);
+        self.clock.advance(1_000);
 
         // Converge all origins (an earlier failing case may have left them
         // apart), so nothing from earlier cases travels during this one.
@@ -579,7 +570,7 @@ impl Fixture {
                     }
                 }
                 Step::Tick { ms } => {
-                    self.clock.0.fetch_add(*ms, Ordering::SeqCst);
+                    self.clock.advance(*ms);
                 }
             }
             // Every origin holds exactly what it has seen, merged.

@@ -5,20 +5,11 @@
 //! vector entry nor the clock: both are recovered at open (the change log
 //! and a persisted clock ceiling), so this is what keeps them honest.
 
-use meshkv::clock::PhysicalClock;
+use meshkv::clock::ManualClock;
 use meshkv::{Db, Options, Record};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-struct SettableClock(AtomicU64);
-
-impl PhysicalClock for SettableClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn options(clock: &Arc<SettableClock>) -> Options {
+fn options(clock: &Arc<ManualClock>) -> Options {
     Options { clock: clock.clone(), ..Options::default() }
 }
 
@@ -38,12 +29,12 @@ fn hlc_of(db: &Db, key: &str) -> u64 {
 #[test]
 fn vv_is_exact_and_clock_only_grows_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(SettableClock(AtomicU64::new(5_000_000)));
+    let clock = Arc::new(ManualClock::new(5_000_000));
     let (node, last) = {
         let db = Db::open(dir.path(), options(&clock)).expect("open");
         for i in 0..100 {
             db.put(format!("k{i}"), "v").expect("put");
-            clock.0.fetch_add(7, Ordering::SeqCst);
+            clock.advance(7);
         }
         let last = db.put("k0", "again").expect("overwrite").seq;
         assert_eq!(db.version_vector().get(db.node_id()), last);
@@ -56,7 +47,7 @@ fn vv_is_exact_and_clock_only_grows_across_restarts() {
     };
 
     // The wall clock jumps an hour back; the store must not follow it.
-    clock.0.store(5_000_000 - 3_600_000, Ordering::SeqCst);
+    clock.set(5_000_000 - 3_600_000);
     let db = Db::open(dir.path(), options(&clock)).expect("reopen with the clock behind");
     let dot = db.put("late", "v").expect("put");
     assert!(dot.seq > last, "seq {} reused after restart (last {last})", dot.seq);
@@ -68,7 +59,7 @@ fn vv_is_exact_and_clock_only_grows_across_restarts() {
 /// write as a catch-up would send it.
 fn source_with_one_write(now_ms: u64) -> (tempfile::TempDir, Db, Vec<(Vec<u8>, Record)>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = Db::open(dir.path(), options(&Arc::new(SettableClock(AtomicU64::new(now_ms))))).expect("open source");
+    let src = Db::open(dir.path(), options(&Arc::new(ManualClock::new(now_ms)))).expect("open source");
     src.put("remote", "v").expect("put");
     let records = all_records(&src);
     (dir, src, records)
@@ -82,7 +73,7 @@ fn observed_remote_timestamps_survive_a_restart() {
     // The receiver's wall clock is 30 s behind: applying moves its clock
     // forward, and a restart must keep it there.
     let dir = tempfile::tempdir().expect("tempdir");
-    let behind = Arc::new(SettableClock(AtomicU64::new(9_000_000 - 30_000)));
+    let behind = Arc::new(ManualClock::new(9_000_000 - 30_000));
     {
         let db = Db::open(dir.path(), options(&behind)).expect("open receiver");
         db.apply(records, Some(&src.version_vector())).expect("apply");
@@ -104,11 +95,11 @@ fn timestamps_adopted_by_an_apply_that_changes_nothing_survive_a_restart() {
     let remote_hlc = records[0].1.max_hlc().0;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let behind = Arc::new(SettableClock(AtomicU64::new(now - 90_000)));
+    let behind = Arc::new(ManualClock::new(now - 90_000));
     {
         let db = Db::open(dir.path(), options(&behind)).expect("open receiver");
         db.apply(records.clone(), None).expect("apply");
-        behind.0.store(now - 50_000, Ordering::SeqCst);
+        behind.set(now - 50_000);
         let again = db.apply(records, None).expect("apply again");
         assert_eq!(again.changed, 0);
     }
@@ -119,7 +110,7 @@ fn timestamps_adopted_by_an_apply_that_changes_nothing_survive_a_restart() {
 
 #[test]
 fn vv_stays_exact_when_a_remote_write_supersedes_the_newest_own_one() {
-    let clock = Arc::new(SettableClock(AtomicU64::new(1_000_000)));
+    let clock = Arc::new(ManualClock::new(1_000_000));
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), options(&clock)).expect("open");
     db.put("a", "1").expect("put");
@@ -131,7 +122,7 @@ fn vv_stays_exact_when_a_remote_write_supersedes_the_newest_own_one() {
     let peer = Db::open(peer_dir.path(), options(&clock)).expect("open peer");
     let ours = all_records(&db);
     peer.apply(ours, Some(&db.version_vector())).expect("peer applies");
-    clock.0.fetch_add(10, Ordering::SeqCst);
+    clock.advance(10);
     peer.put("shared", "theirs").expect("peer overwrites");
     let theirs: Vec<(Vec<u8>, Record)> =
         peer.changes_since(&db.version_vector()).expect("changes").map(|c| c.expect("item")).collect();

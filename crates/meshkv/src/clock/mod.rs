@@ -3,4 +3,4 @@
 
 mod hlc;
 
-pub use hlc::{Hlc, HybridClock, PhysicalClock, SystemClock, MAX_FORWARD_DRIFT_MS};
+pub use hlc::{Hlc, HybridClock, ManualClock, PhysicalClock, SystemClock, MAX_FORWARD_DRIFT_MS};

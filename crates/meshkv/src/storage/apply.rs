@@ -177,8 +177,16 @@ impl Db {
         }
         if max_own_seq >= w.next_seq {
             // Our own writes came back from a peer with higher seqs than we
-            // know (e.g. the directory was restored from an old backup):
-            // never reuse those seqs.
+            // know: never reuse those seqs. Either this directory is an older
+            // copy of the node (a restored backup) or another copy writes
+            // under its id; own writes made meanwhile may have collided.
+            tracing::warn!(
+                seq = max_own_seq,
+                next_seq = w.next_seq,
+                "a peer holds writes of this node that this store does not: it was restored from an older \
+                 copy, or another copy of this data directory runs; writes it made meanwhile may be lost \
+                 (docs/ALGORITHM.md §10)"
+            );
             w.next_seq = max_own_seq + 1;
             inner.reserve_seqs(&mut w, 1)?;
         }
