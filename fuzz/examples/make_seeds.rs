@@ -4,11 +4,11 @@
 //!
 //! `cargo run --example make_seeds` (from `fuzz/`); rerun when the protocol changes.
 
+use meshkv::protocol::announce::Announcement;
 use meshkv::protocol::{
     codec, BatchOp, CatchUpOrder, CloseReason, Hello, Item, Message, Mode, Request, Response, Role, MAGIC,
     PROTOCOL_VERSION,
 };
-use meshkv::protocol::announce::Announcement;
 use meshkv::secure::{Handshake, Secret, Security};
 use meshkv::storage::{KeySkip, Position, ResumePoint};
 use meshkv::{Db, Dot, KeyRange, NodeId, Options, ScanOptions, VersionVector};
@@ -34,7 +34,7 @@ fn main() {
     let ro = Secret::parse(&"a7".repeat(32)).expect("secret");
     let mut seeds = Vec::new();
     for (choice, secret) in [(0u8, Some(full.clone())), (1, Some(ro)), (2, None)] {
-        let security = Security { secret, read_only_secret: None };
+        let security = Security { secret, ..Security::default() };
         let opening = Handshake::initiator(&security).expect("initiator").take_output();
         seeds.push([&[choice, 255][..], &opening, b"\x00\x20garbage after the handshake......"].concat());
         seeds.push([&[choice, 3][..], &opening].concat());

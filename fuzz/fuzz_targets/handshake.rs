@@ -17,7 +17,10 @@ fn secrets() -> &'static (Security, Security) {
     S.get_or_init(|| {
         let full = Secret::parse(&"3c".repeat(32)).expect("secret");
         let ro = Secret::parse(&"a7".repeat(32)).expect("secret");
-        (Security::with_secret(full.clone()), Security { secret: Some(full), read_only_secret: Some(ro) })
+        (
+            Security::with_secret(full.clone()),
+            Security { secret: Some(full), read_only_secret: Some(ro), ..Security::default() },
+        )
     })
 }
 

@@ -64,7 +64,11 @@ pub struct ServeArgs {
     /// (counters and peer addresses, no data; no credentials asked).
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
-    /// File with a second secret that gives clients read-only access.
+    /// File with a secret that gives clients reads and writes but no peer
+    /// link, so they cannot replicate past --read-only or a write hook.
+    #[arg(long, value_name = "FILE")]
+    client_secret_file: Option<PathBuf>,
+    /// File with a secret that gives clients read-only access.
     #[arg(long, value_name = "FILE")]
     read_only_secret_file: Option<PathBuf>,
     /// Allow a non-loopback listen address, and non-loopback peers,
@@ -93,6 +97,7 @@ struct FileConfig {
     discovery_group: Option<String>,
     metrics: Option<String>,
     secret_file: Option<PathBuf>,
+    client_secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
     busy_poll_us: Option<u64>,
     #[serde(default)]
@@ -139,6 +144,7 @@ struct Settings {
     discovery: Option<String>,
     metrics: Option<String>,
     secret_file: Option<PathBuf>,
+    client_secret_file: Option<PathBuf>,
     read_only_secret_file: Option<PathBuf>,
     busy_poll_us: u64,
     limits: Limits,
@@ -154,6 +160,7 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
             let base = path.parent().unwrap_or(Path::new(""));
             file.data = file.data.map(|d| base.join(d));
             file.secret_file = file.secret_file.map(|d| base.join(d));
+            file.client_secret_file = file.client_secret_file.map(|d| base.join(d));
             file.read_only_secret_file = file.read_only_secret_file.map(|d| base.join(d));
             file
         }
@@ -170,6 +177,7 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
             .then(|| file.discovery_group.unwrap_or_else(|| meshkv::node::DEFAULT_GROUP.to_string())),
         metrics: args.metrics.clone().or(file.metrics),
         secret_file: target.secret_file.clone().or(file.secret_file),
+        client_secret_file: args.client_secret_file.clone().or(file.client_secret_file),
         read_only_secret_file: args.read_only_secret_file.clone().or(file.read_only_secret_file),
         busy_poll_us: match args.busy_poll_us.or(file.busy_poll_us).unwrap_or(0) {
             us @ 0..=MAX_BUSY_POLL_US => us,
@@ -183,13 +191,11 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
 fn node_config(s: &Settings, listen: SocketAddr, peers: Vec<(SocketAddr, Mode)>, insecure: bool) -> Result<NodeConfig> {
     let security = Security {
         secret: s.secret_file.as_deref().map(load_secret).transpose()?,
+        client_secret: s.client_secret_file.as_deref().map(load_secret).transpose()?,
         read_only_secret: s.read_only_secret_file.as_deref().map(load_secret).transpose()?,
     };
-    if security.read_only_secret.is_some() && security.secret.is_none() {
-        bail!("--read-only-secret-file needs the cluster secret as well (--secret-file)");
-    }
-    if security.read_only_secret.is_some() && security.read_only_secret == security.secret {
-        bail!("the read-only secret is the cluster secret: read-only clients could write; generate another one");
+    if let Err(e) = security.check() {
+        bail!("{e}: pass --secret-file, and a secret made by `meshkv secret` for each kind of access");
     }
     if !listen.ip().is_loopback() && !security.is_enabled() && !insecure {
         bail!(
@@ -435,6 +441,7 @@ mod tests {
                 discovery: None,
                 metrics: None,
                 secret_file: None,
+                client_secret_file: None,
                 read_only_secret_file: None,
                 busy_poll_us: 0,
                 limits: Limits::default(),
@@ -492,6 +499,18 @@ mod tests {
             (s.listen.as_str(), s.peers, s.cluster.as_str()),
             ("127.0.0.1:3", vec!["127.0.0.1:4".to_string()], "z")
         );
+    }
+
+    #[test]
+    fn secret_files_in_the_config_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "secret_file = \"s\"\nclient_secret_file = \"c\"\nread_only_secret_file = \"r\"\n")
+            .unwrap();
+        let (args, target) = parse(&["--config", path.to_str().unwrap()]);
+        let s = settings(&args, &target).unwrap();
+        let files = [s.secret_file, s.client_secret_file, s.read_only_secret_file];
+        assert_eq!(files, ["s", "c", "r"].map(|f| Some(dir.path().join(f))));
     }
 
     /// The error of `serve --config FILE` for a file holding `text`.

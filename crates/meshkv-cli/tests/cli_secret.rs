@@ -1,7 +1,8 @@
 //! `meshkv secret` and serving with a cluster secret: nodes holding the
 //! same secret replicate; client commands need it (flag or environment);
-//! a wrong or missing secret exits 2 with a clear message; the read-only
-//! secret reads but cannot write.
+//! a wrong or missing secret exits 2 with a clear message; the client
+//! secret reads and writes, the read-only secret only reads, and neither
+//! joins as a peer.
 
 mod cli_support;
 
@@ -41,10 +42,18 @@ fn secret_prints_or_writes_a_private_file_and_never_overwrites() {
 fn nodes_and_clients_with_the_secret_work_and_others_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = secret_file(dir.path(), "cluster.secret");
+    let client = secret_file(dir.path(), "client.secret");
     let read_only = secret_file(dir.path(), "reader.secret");
     let wrong = secret_file(dir.path(), "wrong.secret");
 
-    let a = Server::start(&["--secret-file", &secret, "--read-only-secret-file", &read_only]);
+    let a = Server::start(&[
+        "--secret-file",
+        &secret,
+        "--client-secret-file",
+        &client,
+        "--read-only-secret-file",
+        &read_only,
+    ]);
     // B takes its secret from its config file.
     let config = dir.path().join("b.toml");
     std::fs::write(&config, format!("secret_file = \"cluster.secret\"\npeers = [\"{}\"]\n", a.addr)).unwrap();
@@ -65,6 +74,8 @@ fn nodes_and_clients_with_the_secret_work_and_others_are_refused() {
     a.run(&["--secret-file", &wrong, "get", "k"]).fails(2, "wrong cluster secret");
     assert_eq!(a.run(&["--secret-file", &read_only, "get", "k"]).ok(), "v");
     a.run(&["--secret-file", &read_only, "put", "k", "w"]).fails(2, "read-only");
+    a.run(&["--secret-file", &client, "put", "from-client", "c"]).ok();
+    assert_eq!(a.run(&["--secret-file", &client, "get", "from-client"]).ok(), "c");
     a.run(&["--secret-file", &dir.path().join("missing").to_string_lossy(), "get", "k"])
         .fails(2, "cannot read secret file");
 
@@ -74,4 +85,32 @@ fn nodes_and_clients_with_the_secret_work_and_others_are_refused() {
     eventually(10, "the refusal in C's log", || c.log_text().contains("requires a cluster secret"));
     assert_eq!(c.run(&["get", "k"]).code(), Some(1), "C received a record without the secret");
     a.run(&["--secret-file", &secret, "get", "c-only"]).fails(1, "not found");
+
+    // A node holding a client secret as its cluster secret is refused as a
+    // peer: a client cannot write past --read-only or a hook by replicating.
+    for (name, held) in [("client", &client), ("read-only", &read_only)] {
+        let d = Server::start(&["--secret-file", held, "--peer", &a.addr]);
+        d.run(&["--secret-file", held, "put", "d-only", "x"]).ok();
+        eventually(10, "the refusal in D's log", || d.log_text().contains("Unauthorized"));
+        assert_eq!(d.run(&["--secret-file", held, "get", "k"]).code(), Some(1), "{name}: D received a record");
+        a.run(&["--secret-file", &secret, "get", "d-only"]).fails(1, "not found");
+    }
+}
+
+#[test]
+fn client_secrets_without_a_distinct_cluster_secret_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, client) = (secret_file(dir.path(), "cluster.secret"), secret_file(dir.path(), "client.secret"));
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--client-secret-file", &client], "a client secret needs the cluster secret"),
+        (&["--read-only-secret-file", &client], "a read-only secret needs the cluster secret"),
+        (&["--secret-file", &secret, "--client-secret-file", &secret], "equals the cluster secret"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["serve", "--data", data, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        run(&args).fails(2, needle);
+    }
 }

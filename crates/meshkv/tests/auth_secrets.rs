@@ -1,7 +1,7 @@
 //! Only holders of the cluster secret get in: peers and clients with a
 //! wrong secret, or none, are refused on both sides of the connection and
-//! never receive a record; the read-only secret reads but neither writes
-//! nor replicates.
+//! never receive a record; the client secret reads and writes but does not
+//! replicate, and the read-only secret only reads.
 
 mod common;
 
@@ -82,31 +82,45 @@ async fn a_peer_without_a_secret_is_refused_and_refuses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_read_only_secret_cannot_replicate() {
-    let (secret, read_only) = (Secret::generate(), Secret::generate());
+async fn client_secrets_cannot_replicate() {
+    let (secret, client, read_only) = (Secret::generate(), Secret::generate(), Secret::generate());
     let (_da, db_a) = common::temp_store();
-    let (_db, db_b) = common::temp_store();
     db_a.put("from-a", VALUE).expect("put");
-    db_b.put("from-b", VALUE).expect("put");
-    let a =
-        start_with(db_a.clone(), Security { secret: Some(secret), read_only_secret: Some(read_only.clone()) }).await;
-    // B holds only the read-only secret and tries to join as a peer.
-    let mut b = start_with(db_b.clone(), Security::with_secret(read_only)).await;
-    let mut ev_b = b.events();
-    b.add_peer(a.local_addr().expect("addr"), Mode::Sync);
-    error_event(&mut ev_b, "Unauthorized").await;
-    assert_eq!(db_b.get("from-a").expect("get"), None, "a read-only secret received records");
-    assert_eq!(db_a.get("from-b").expect("get"), None, "a read-only secret wrote records");
+    let security = Security {
+        secret: Some(secret),
+        client_secret: Some(client.clone()),
+        read_only_secret: Some(read_only.clone()),
+    };
+    let a = start_with(db_a.clone(), security).await;
+    // B holds only a client secret and tries to join as a peer: it would
+    // write past the node's read-only setting and write hooks.
+    for (name, held) in [("client", client), ("read-only", read_only)] {
+        let (_db, db_b) = common::temp_store();
+        db_b.put("from-b", VALUE).expect("put");
+        let mut b = start_with(db_b.clone(), Security::with_secret(held)).await;
+        let mut ev_b = b.events();
+        b.add_peer(a.local_addr().expect("addr"), Mode::Sync);
+        error_event(&mut ev_b, "Unauthorized").await;
+        assert_eq!(db_b.get("from-a").expect("get"), None, "the {name} secret received records");
+        assert_eq!(db_a.get("from-b").expect("get"), None, "the {name} secret wrote records");
+        b.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_need_the_secret_and_the_read_only_secret_only_reads() {
-    let (secret, read_only) = (Secret::generate(), Secret::generate());
+async fn clients_need_a_secret_and_the_read_only_secret_only_reads() {
+    let (secret, client, read_only) = (Secret::generate(), Secret::generate(), Secret::generate());
     let (_d, db) = common::temp_store();
     db.put("k", VALUE).expect("put");
-    let node =
-        start_with(db.clone(), Security { secret: Some(secret.clone()), read_only_secret: Some(read_only.clone()) })
-            .await;
+    let node = start_with(
+        db.clone(),
+        Security {
+            secret: Some(secret.clone()),
+            client_secret: Some(client.clone()),
+            read_only_secret: Some(read_only.clone()),
+        },
+    )
+    .await;
     let addr = node.local_addr().expect("addr");
     let mut events = node.events();
     let connect = |secret: Option<Secret>| {
@@ -130,6 +144,9 @@ async fn clients_need_the_secret_and_the_read_only_secret_only_reads() {
     let full = connect(Some(secret)).await.expect("the cluster secret connects");
     assert_eq!(full.get("k").await.expect("get").as_deref(), Some(VALUE));
     full.put("k2", "v2").await.expect("a full-access write");
+    let writer = connect(Some(client)).await.expect("the client secret connects");
+    writer.put("k4", "v4").await.expect("a client-secret write");
+    assert_eq!(writer.get("k2").await.expect("get").as_deref(), Some(&b"v2"[..]));
 
     let reader = connect(Some(read_only)).await.expect("the read-only secret connects");
     assert_eq!(reader.get("k2").await.expect("get").as_deref(), Some(&b"v2"[..]));

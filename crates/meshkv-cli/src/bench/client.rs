@@ -148,7 +148,7 @@ fn get_frame_sizes(ops: u64, value_size: usize) -> Sizes {
 async fn start_node(args: &ClientArgs, dir: &std::path::Path) -> Result<(Node, SocketAddr, Option<Secret>)> {
     let db = Db::open(dir, Options::default()).context("cannot open the benchmark store")?;
     let secret = args.secret.then(Secret::generate);
-    let security = Security { secret: secret.clone(), read_only_secret: None };
+    let security = Security { secret: secret.clone(), ..Security::default() };
     let server = ServerOptions { busy_poll: args.busy_poll(), ..ServerOptions::default() };
     let cfg =
         NodeConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), security, server, ..NodeConfig::default() };

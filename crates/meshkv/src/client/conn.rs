@@ -45,7 +45,7 @@ pub(crate) async fn connect(addr: SocketAddr, id: NodeId, opts: &ClientOptions) 
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| RemoteError::new(ErrorCode::ConnectionLost, format!("cannot connect to {addr}: {e}")))?;
-        let security = Security { secret: opts.secret.clone(), read_only_secret: None };
+        let security = Security { secret: opts.secret.clone(), ..Security::default() };
         let (mut reader, mut writer, _) =
             net::establish(stream, Side::Initiator, &security, opts.max_frame).await.map_err(|e| match e {
                 EstablishError::Secure(e) => RemoteError::new(ErrorCode::Unauthorized, e.to_string()),

@@ -162,8 +162,8 @@ pub(crate) async fn accepted(ctx: ConnCtx, stream: TcpStream, addr: SocketAddr, 
         Message::Hello(hello) if hello.role == Role::Client => {
             session::serve(&ctx, hello, frames, writer, addr, access).await;
         }
-        _ if access == Access::ReadOnly => {
-            tracing::warn!(%addr, "refused a peer link holding only the read-only secret");
+        _ if !access.may_peer() => {
+            tracing::warn!(%addr, ?access, "refused a peer link holding only a client secret");
             let _ = writer.send(&Message::Close { reason: CloseReason::Unauthorized }).await;
         }
         first => {

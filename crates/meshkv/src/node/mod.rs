@@ -59,8 +59,8 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// How remote clients are served (read-only, validation hook, limits).
     pub server: ServerOptions,
-    /// The cluster secret (and optional read-only client secret) every
-    /// connection must prove. Without one, connections are plaintext and
+    /// The cluster secret (and optional client and read-only secrets for
+    /// clients) every connection must prove one of. Without one, connections are plaintext and
     /// unauthenticated, and only a loopback listener is allowed.
     pub security: Security,
     /// Allow a non-loopback listener, and non-loopback peers, without a
@@ -231,14 +231,7 @@ impl Node {
     /// cannot start. [`BoundNode::start`] then serves the store. Must be
     /// called within a tokio runtime.
     pub async fn bind(cfg: NodeConfig) -> Result<BoundNode, NodeError> {
-        if cfg.security.read_only_secret.is_some() && cfg.security.secret.is_none() {
-            return Err(NodeError::Config("a read-only secret needs the cluster secret as well".into()));
-        }
-        if cfg.security.read_only_secret.is_some() && cfg.security.read_only_secret == cfg.security.secret {
-            return Err(NodeError::Config(
-                "the read-only secret equals the cluster secret: it would grant writes".into(),
-            ));
-        }
+        cfg.security.check().map_err(NodeError::Config)?;
         if let Some(d) = &cfg.discovery {
             discovery::check(d, &cfg).map_err(NodeError::Config)?;
         }

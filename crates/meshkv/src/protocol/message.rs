@@ -167,8 +167,8 @@ pub enum CloseReason {
     StorageError,
     /// The node is at its connection limit; try again later.
     Overloaded,
-    /// The credentials presented do not allow this (a peer link over the
-    /// read-only secret).
+    /// The credentials presented do not allow this (a peer link over a
+    /// client secret).
     Unauthorized,
 }
 

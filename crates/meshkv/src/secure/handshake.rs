@@ -212,12 +212,15 @@ impl Handshake {
         }
     }
 
-    /// Tries the full secret, then the read-only one; the first that
-    /// authenticates message 1 sets the access.
+    /// Tries the cluster secret, then the client and the read-only ones;
+    /// the first that authenticates message 1 sets the access.
     fn on_message1(&mut self, message: &[u8]) -> Result<(), SecureError> {
         let prologue = preamble(MODE_NOISE_PSK);
-        let candidates =
-            [(self.security.secret.clone(), Access::Full), (self.security.read_only_secret.clone(), Access::ReadOnly)];
+        let candidates = [
+            (self.security.secret.clone(), Access::Full),
+            (self.security.client_secret.clone(), Access::Client),
+            (self.security.read_only_secret.clone(), Access::ReadOnly),
+        ];
         for (secret, access) in candidates {
             let Some(secret) = secret else { continue };
             let mut hs = builder(&secret, &prologue).and_then(|b| b.build_responder()).map_err(internal)?;
@@ -316,13 +319,35 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn read_only_secret_grants_read_only_access() {
-        let full = Secret::generate();
-        let ro = Secret::generate();
-        let node = Security { secret: Some(full), read_only_secret: Some(ro.clone()) };
-        let (i, r) = run(&Security::with_secret(ro), &node);
-        assert_eq!(r.expect("accepted").access, Access::ReadOnly);
-        assert!(i.is_ok());
+    fn each_secret_grants_its_access() {
+        let (full, client, ro) = (Secret::generate(), Secret::generate(), Secret::generate());
+        let node = Security {
+            secret: Some(full.clone()),
+            client_secret: Some(client.clone()),
+            read_only_secret: Some(ro.clone()),
+        };
+        for (secret, access) in [(full, Access::Full), (client, Access::Client), (ro, Access::ReadOnly)] {
+            let (i, r) = run(&Security::with_secret(secret), &node);
+            assert_eq!(r.expect("accepted").access, access);
+            assert!(i.is_ok());
+        }
+    }
+
+    #[test]
+    fn client_secrets_need_a_distinct_cluster_secret() {
+        let (a, b) = (Secret::generate(), Secret::generate());
+        let ok = Security { secret: Some(a.clone()), client_secret: Some(b.clone()), read_only_secret: None };
+        assert_eq!(ok.check(), Ok(()));
+        let bad = [
+            Security { secret: None, client_secret: Some(b.clone()), read_only_secret: None },
+            Security { secret: None, client_secret: None, read_only_secret: Some(b.clone()) },
+            Security { secret: Some(a.clone()), client_secret: Some(a.clone()), read_only_secret: None },
+            Security { secret: Some(a.clone()), client_secret: None, read_only_secret: Some(a.clone()) },
+            Security { secret: Some(a), client_secret: Some(b.clone()), read_only_secret: Some(b) },
+        ];
+        for security in bad {
+            assert!(security.check().is_err(), "{security:?} accepted");
+        }
     }
 
     #[test]

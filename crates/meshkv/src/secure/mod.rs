@@ -20,35 +20,69 @@ pub use secret::{Secret, SECRET_LEN};
 /// What the other side of a connection may do, decided by the secret it
 /// proved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Access {
     /// Everything: replicate as a peer, read and write as a client.
     Full,
+    /// Client reads and writes (the client secret), through the session's
+    /// read-only setting and write hook; peer links are closed.
+    Client,
     /// Client reads only (the read-only secret); writes are refused and
     /// peer links are closed.
     ReadOnly,
+}
+
+impl Access {
+    /// Whether this access may replicate as a peer.
+    pub fn may_peer(self) -> bool {
+        self == Access::Full
+    }
 }
 
 /// The secrets a node or client holds. Without `secret` connections are
 /// plaintext and unauthenticated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Security {
-    /// The cluster secret: full access; the secret a node dials peers with
-    /// and a client connects with.
+    /// The cluster secret: full access; the secret a node dials peers with.
+    /// A client connects with whichever secret it was given, here.
     pub secret: Option<Secret>,
-    /// A second secret a node accepts from clients, granting read-only
-    /// access. Ignored without `secret`.
+    /// A secret a node accepts from clients, granting reads and writes but
+    /// no peer link (so write hooks and read-only listeners cannot be
+    /// bypassed by replicating). Needs `secret`.
+    pub client_secret: Option<Secret>,
+    /// A secret a node accepts from clients, granting reads only. Needs
+    /// `secret`.
     pub read_only_secret: Option<Secret>,
 }
 
 impl Security {
     /// Security with one (full-access) secret.
     pub fn with_secret(secret: Secret) -> Security {
-        Security { secret: Some(secret), read_only_secret: None }
+        Security { secret: Some(secret), ..Security::default() }
     }
 
     /// Whether connections are authenticated and encrypted.
     pub fn is_enabled(&self) -> bool {
         self.secret.is_some()
+    }
+
+    /// Checks that the client secrets come with a cluster secret and that
+    /// no two secrets are equal (a connection proves one secret; equal
+    /// ones would grant the wider access).
+    pub fn check(&self) -> Result<(), String> {
+        let extra = [("client", &self.client_secret), ("read-only", &self.read_only_secret)];
+        for (name, secret) in extra {
+            if secret.is_some() && self.secret.is_none() {
+                return Err(format!("a {name} secret needs the cluster secret as well"));
+            }
+            if secret.is_some() && secret == &self.secret {
+                return Err(format!("the {name} secret equals the cluster secret: it would grant replication"));
+            }
+        }
+        if self.client_secret.is_some() && self.client_secret == self.read_only_secret {
+            return Err("the read-only secret equals the client secret: it would grant writes".into());
+        }
+        Ok(())
     }
 
     fn mode(&self) -> u8 {
