@@ -1,17 +1,35 @@
-//! A data directory restored from an old backup rejoins safely: it takes
-//! back the writes it made after the backup from a peer that holds them,
-//! never issues their seqs again, and stays intact across a reopen.
+//! A data directory restored from a backup, or copied to start another
+//! node, is told apart from its original at open and takes a new node id:
+//! it never issues the original's dots again nor claims the original's later
+//! writes, which it receives from peers, and the writes of both reach
+//! everyone. Restoring a backup is the ordinary way to recover a node's
+//! disk; a copy that kept the id would lose writes without an error
+//! (docs/ALGORITHM.md §10).
 //!
-//! Restoring a backup is the ordinary way to recover a node's disk; if the
-//! restored node reused a seq it had already given to a write the peers
-//! hold, the peers would take its new write for one they have and never
-//! receive it.
+//! A copy that is not detected (a block-level image) keeps the id; it still
+//! takes back from a peer the writes it made after the backup, and never
+//! issues their seqs again.
 
 use meshkv::{Batch, Db, Options, Record, VersionVector};
 use std::path::Path;
 
 fn open(dir: &Path) -> Db {
     Db::open(dir, Options::default()).expect("open")
+}
+
+/// Opens `dir` as if a copy of it were not detected.
+fn open_undetected(dir: &Path) -> Db {
+    Db::open(dir, Options { new_id_for_copies: false, ..Options::default() }).expect("open")
+}
+
+fn temp_dirs<const N: usize>() -> [tempfile::TempDir; N] {
+    std::array::from_fn(|_| tempfile::tempdir().expect("tempdir"))
+}
+
+/// Replaces `dir` with a copy of `backup`.
+fn restore(backup: &Path, dir: &Path) {
+    std::fs::remove_dir_all(dir).expect("remove");
+    copy_dir(backup, dir);
 }
 
 /// A complete catch-up of `to` from `from`.
@@ -57,17 +75,14 @@ fn batch(prefix: &str, value: &str) -> Batch {
 
 /// The backup holds 3 writes. After it, the node writes a 40-key batch
 /// (whole change-log blocks), overwrites one key of the batch and deletes
-/// another; a peer takes all of it. The backup is restored and catches up
-/// from the peer: its next write gets a seq above all of them, it can
-/// overwrite its own batch writes and write new blocks, and after a reopen
-/// the peer catches up to exactly the same records.
+/// another; a peer takes all of it. The backup is restored where the copy
+/// goes undetected and catches up from the peer: its next write gets a seq
+/// above all of them, it can overwrite its own batch writes and write new
+/// blocks, and after a reopen the peer catches up to exactly the same
+/// records.
 #[test]
-fn restored_backup_takes_back_its_own_writes_from_blocks() {
-    let (dir, backup, peer_dir) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
+fn an_undetected_restore_takes_back_its_own_writes_from_blocks() {
+    let [dir, backup, peer_dir] = temp_dirs();
     let id = {
         let a = open(dir.path());
         for i in 0..3 {
@@ -88,9 +103,8 @@ fn restored_backup_takes_back_its_own_writes_from_blocks() {
         a.version_vector().get(id)
     };
 
-    std::fs::remove_dir_all(dir.path()).expect("remove");
-    copy_dir(backup.path(), dir.path());
-    let a = open(dir.path());
+    restore(backup.path(), dir.path());
+    let a = open_undetected(dir.path());
     assert_eq!(a.node_id(), id);
     assert_eq!(a.version_vector().get(id), 3, "the restored store is the backup");
     pull(&a, &peer);
@@ -108,11 +122,105 @@ fn restored_backup_takes_back_its_own_writes_from_blocks() {
     assert_verified(&a);
 
     drop(a);
-    let a = open(dir.path());
+    let a = open_undetected(dir.path());
     assert_verified(&a);
     let after_reopen = a.put("z", "z").expect("put");
     assert!(after_reopen.seq > first.seq + 41, "seq {} reused after the reopen", after_reopen.seq);
     pull(&peer, &a);
     assert_verified(&peer);
     assert_eq!(all_records(&peer), all_records(&a));
+}
+
+/// The backup holds a 40-key batch (in change-log blocks). After it the
+/// original writes another batch, overwrites a key of the first and deletes
+/// another; a peer takes it all; then the original is lost. The restored
+/// store writes before it hears from any peer, into the backup's blocks
+/// too. Under a new id none of its writes collides with the original's, it
+/// receives the original's later writes, and it and the peer end up
+/// identical, with every write of both.
+#[test]
+fn a_restored_backup_takes_a_new_id_and_the_originals_later_writes() {
+    let [dir, backup, peer_dir] = temp_dirs();
+    let (id, in_backup) = {
+        let a = open(dir.path());
+        a.write(batch("early", "v")).expect("batch");
+        (a.node_id(), a.version_vector().get(a.node_id()))
+    };
+    copy_dir(dir.path(), backup.path());
+    let peer = open(peer_dir.path());
+    {
+        let original = open(dir.path());
+        assert_eq!(original.node_id(), id, "a reopen in place keeps the id");
+        original.write(batch("late", "original")).expect("batch");
+        original.put("early07", "overwritten by the original").expect("put");
+        original.delete("early09").expect("delete");
+        pull(&peer, &original);
+    }
+
+    restore(backup.path(), dir.path());
+    let restored = open(dir.path());
+    let new_id = restored.node_id();
+    assert_ne!(new_id, id, "the restored copy kept the original's id");
+    assert_eq!(restored.version_vector().get(id), in_backup, "covers the original up to the backup");
+    assert_eq!(restored.version_vector().get(new_id), 0);
+    assert_verified(&restored);
+    restored.put("early03", "overwritten after the restore").expect("put into a backup block");
+    restored.write(batch("restored", "new")).expect("batch");
+    assert_verified(&restored);
+
+    pull(&peer, &restored);
+    pull(&restored, &peer);
+    for db in [&peer, &restored] {
+        assert_verified(db);
+        for prefix in ["early", "late", "restored"] {
+            for i in (0..40).filter(|i| !(prefix == "early" && *i == 9)) {
+                assert!(db.get(format!("{prefix}{i:02}")).expect("get").is_some(), "{prefix}{i:02} lost");
+            }
+        }
+        assert_eq!(db.get("early09").expect("get"), None, "the original's delete");
+        assert_eq!(db.get("early07").expect("get").as_deref(), Some(&b"overwritten by the original"[..]));
+        assert_eq!(db.get("early03").expect("get").as_deref(), Some(&b"overwritten after the restore"[..]));
+    }
+    assert_eq!(all_records(&peer), all_records(&restored));
+    assert_eq!(peer.version_vector(), restored.version_vector());
+
+    drop(restored);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.node_id(), new_id, "the new id is the store's from now on");
+    assert_verified(&reopened);
+}
+
+/// A store copied to start a second node, both running: the copy writes
+/// under a new id, the original under its own, and a peer linked with
+/// both ends up with every write of each, as do they.
+#[test]
+fn a_copy_running_beside_its_original_loses_nothing() {
+    let [dir, copy, peer_dir] = temp_dirs();
+    let id = {
+        let a = open(dir.path());
+        a.write(batch("shared", "before the copy")).expect("batch");
+        a.node_id()
+    };
+    copy_dir(dir.path(), copy.path());
+    let (original, clone, peer) = (open(dir.path()), open(copy.path()), open(peer_dir.path()));
+    assert_eq!(original.node_id(), id);
+    assert_ne!(clone.node_id(), id);
+    for (db, name) in [(&original, "original"), (&clone, "clone")] {
+        db.write(batch(name, name)).expect("batch");
+        db.put(format!("only-{name}"), name).expect("put");
+    }
+    for _ in 0..2 {
+        pull(&peer, &original);
+        pull(&peer, &clone);
+        pull(&original, &peer);
+        pull(&clone, &peer);
+    }
+    for db in [&original, &clone, &peer] {
+        assert_verified(db);
+        for name in ["original", "clone"] {
+            assert_eq!(db.get(format!("only-{name}")).expect("get").as_deref(), Some(name.as_bytes()));
+            assert_eq!(db.get(format!("{name}39")).expect("get").as_deref(), Some(name.as_bytes()));
+        }
+        assert_eq!(all_records(db), all_records(&peer));
+    }
 }

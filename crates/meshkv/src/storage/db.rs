@@ -5,6 +5,7 @@ use super::changelog;
 use super::error::{Error, Result};
 use super::feed::{Commit, ConflictEvent, CONFLICT_FEED_CAPACITY};
 use super::filter::{FilterScan, KeyFilter, KeyFilterStats};
+use super::identity;
 use super::keys;
 use super::options::Options;
 use crate::clock::{Hlc, HybridClock};
@@ -147,10 +148,18 @@ impl Db {
             .map_err(corrupt)?;
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
-        let node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id, found == Found::New)?;
-        if found == Found::New {
-            // Last: a marker always names a store with an engine and an id.
-            install_marker(&path)?;
+        let mut node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id, found == Found::New)?;
+        match found {
+            Found::New => {
+                // Last: a marker always names a store with an engine and an id.
+                install_marker(&path)?;
+                identity::record(&path, &engine, &meta)?;
+            }
+            // A rewritten marker is a new file.
+            Found::OlderFormat => identity::record(&path, &engine, &meta)?,
+            Found::Store => {
+                node_id = identity::check(&path, &engine, (&meta, &log), node_id, opts.new_id_for_copies)?;
+            }
         }
         let read_u64 = |k: &[u8]| -> Result<u64> {
             match meta.get(k).map_err(corrupt)? {

@@ -8,6 +8,7 @@ mod encoded;
 mod error;
 mod feed;
 mod filter;
+mod identity;
 mod ingest;
 mod keys;
 mod log;

@@ -71,6 +71,13 @@ pub struct Options {
     /// deterministic tests and simulations: two stores with the same id
     /// corrupt each other's replicas.
     pub new_node_id: Option<NodeId>,
+    /// Whether an open that finds the directory is a copy of a store (a
+    /// restored backup, a clone: its marker file is not the one the store
+    /// recorded) gives it a new node id first (default `true`;
+    /// docs/ALGORITHM.md §10). Turn it off only where inode numbers change
+    /// when nothing was copied (some network and FUSE file systems): a copy
+    /// that keeps its id can silently lose writes.
+    pub new_id_for_copies: bool,
 }
 
 impl Default for Options {
@@ -87,6 +94,7 @@ impl Default for Options {
             ingest_min_records: 16 * 1024,
             clock: Arc::new(SystemClock),
             new_node_id: None,
+            new_id_for_copies: true,
         }
     }
 }
