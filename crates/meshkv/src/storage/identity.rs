@@ -19,6 +19,9 @@ use crate::version::NodeId;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use std::path::Path;
 
+/// Change-log writes per batch while a copy's blocks are split.
+const SPLIT_BATCH_OPS: usize = 1 << 16;
+
 /// The marker file's inode number, on platforms that have them.
 fn marker_inode(path: &Path) -> Result<Option<u64>> {
     #[cfg(unix)]
@@ -79,9 +82,12 @@ pub(crate) fn check(
         }
     };
     let corrupt = |detail: &str| Error::Corrupt { path: path.to_path_buf(), detail: detail.into() };
-    let mut batch = OwnedWriteBatch::with_capacity(engine.clone(), 64).durability(Some(PersistMode::SyncData));
-    // Own dots may be grouped in blocks; a foreign origin's never are.
-    let mut last = 0;
+    let new_batch = || OwnedWriteBatch::with_capacity(engine.clone(), 64).durability(Some(PersistMode::SyncData));
+    // Own dots may be grouped in blocks; a foreign origin's never are. The
+    // blocks are split in bounded batches: until the last batch below
+    // records the new inode, every open redoes this, and skips what an
+    // interrupted one split already.
+    let (mut batch, mut ops, mut last) = (new_batch(), 0, 0);
     for guard in log.range(changelog::range(id, 0)) {
         let (k, v) = guard.into_inner()?;
         let dots = changelog::decode_entry(&k, &v).ok_or_else(|| corrupt("malformed change-log entry"))?;
@@ -90,8 +96,13 @@ pub(crate) fn check(
             continue;
         }
         batch.remove(log, k.to_vec());
+        ops += 1 + dots.len();
         for (dot, user_key) in dots {
             batch.insert(log, keys::log_key(dot), user_key.to_vec());
+        }
+        if ops >= SPLIT_BATCH_OPS {
+            std::mem::replace(&mut batch, new_batch()).commit()?;
+            ops = 0;
         }
     }
     // Local commits do not store the own vector entry (storage/db.rs); a
