@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::link_ends::{transmit, End, OnRefusal};
-use meshkv::protocol::{codec, Link, LinkConfig, LinkEvent, Message, Mode};
+use common::link_ends::{transmit, transmit_inspecting, End, OnRefusal};
+use meshkv::protocol::{Link, LinkConfig, LinkEvent, Message, Mode};
 use meshkv::storage::ResumePoint;
 use meshkv::Db;
+use std::ops::ControlFlow;
 
 /// A link on `db` in `mode`, with small batches and window. A message it
 /// refuses closes it, as a connection would close, and the test goes on.
@@ -218,20 +219,18 @@ fn a_catch_up_snapshot_is_durable_before_it_is_streamed() {
     let (mut ea, mut eb) = (end(&a, Mode::Push), end(&b, Mode::Pull));
     let mut started = false;
     for _ in 0..8 {
-        while let Some(msg) = ea.link.poll_transmit(0).expect("poll") {
-            if matches!(msg, Message::CatchUpStart { .. }) {
-                started = true;
+        transmit_inspecting(&mut ea, &mut eb, usize::MAX, |msg| {
+            started = matches!(msg, Message::CatchUpStart { .. });
+            if started {
                 assert_eq!(a.durable_seq(), 10, "the snapshot was synced before it is streamed");
-                break;
+                return ControlFlow::Break(());
             }
-            let _ = eb.link.handle_message(msg, 0);
-        }
+            ControlFlow::Continue(())
+        });
         if started {
             break;
         }
-        while let Some(msg) = eb.link.poll_transmit(0).expect("poll") {
-            let _ = ea.link.handle_message(msg, 0);
-        }
+        transmit(&mut eb, &mut ea, usize::MAX);
     }
     assert!(started, "the catch-up started");
 }
@@ -301,21 +300,17 @@ fn a_commit_larger_than_a_frame_goes_live_in_parts() {
     let mut covered_early = false;
     for _ in 0..MAX_ROUNDS {
         ea.pump_feed();
-        let Some(msg) = ea.link.poll_transmit(0).expect("poll") else {
-            if transmit(&mut eb, &mut ea, usize::MAX) == 0 {
-                break;
+        // One at a time, so each part sees what the parts before it applied.
+        let sent = transmit_inspecting(&mut ea, &mut eb, 1, |msg| {
+            if let Message::Live { items, vv, .. } = msg {
+                lives += 1;
+                covered_early |= vv.get(a.node_id()) > 0 && b.scan(Default::default()).count() + items.len() < 2500;
             }
-            continue;
-        };
-        if let Message::Live { items, vv, .. } = &msg {
-            lives += 1;
-            covered_early |= vv.get(a.node_id()) > 0 && b.scan(Default::default()).count() + items.len() < 2500;
+            ControlFlow::Continue(())
+        });
+        if sent + transmit(&mut eb, &mut ea, usize::MAX) == 0 {
+            break;
         }
-        let mut buf = Vec::new();
-        codec::encode(&msg, &mut buf);
-        let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("every frame fits").expect("frame");
-        eb.link.handle_message(msg, 0).expect("applied");
-        transmit(&mut eb, &mut ea, usize::MAX);
     }
     assert!(lives > 1, "sent in {lives} batch(es)");
     assert!(!covered_early, "a part before the last carried the commit's vector");
@@ -345,15 +340,10 @@ fn a_live_queue_past_its_byte_bound_turns_into_a_catch_up() {
     let mut restarted = false;
     for _ in 0..MAX_ROUNDS {
         ea.pump_feed();
-        let mut moved = 0;
-        while let Some(msg) = ea.link.poll_transmit(0).expect("poll") {
+        let mut moved = transmit_inspecting(&mut ea, &mut eb, usize::MAX, |msg| {
             restarted |= matches!(msg, Message::CatchUpStart { .. });
-            let mut buf = Vec::new();
-            codec::encode(&msg, &mut buf);
-            let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("decode").expect("frame");
-            eb.link.handle_message(msg, 0).expect("applied");
-            moved += 1;
-        }
+            ControlFlow::Continue(())
+        });
         moved += transmit(&mut eb, &mut ea, usize::MAX);
         if moved == 0 {
             break;

@@ -1,9 +1,10 @@
 //! Two protocol links wired back to back in memory, through the real codec,
 //! each fed by its store's change feed: the runtime's work without sockets.
 
-use meshkv::protocol::{codec, Link, LinkConfig};
+use meshkv::protocol::{codec, Link, LinkConfig, Message};
 use meshkv::storage::{FeedError, Subscription};
 use meshkv::{Db, KeyRange};
+use std::ops::ControlFlow;
 
 /// What an end does when its link refuses a message (the link then closes
 /// itself and queues its `Close`).
@@ -50,9 +51,23 @@ impl End {
 /// Sends up to `max` messages from `from` to `to`, through the codec;
 /// returns how many it sent.
 pub fn transmit(from: &mut End, to: &mut End, max: usize) -> usize {
+    transmit_inspecting(from, to, max, |_| ControlFlow::Continue(()))
+}
+
+/// [`transmit`], showing each message to `inspect` before it is sent; a
+/// `Break` stops there, and that message is not sent.
+pub fn transmit_inspecting(
+    from: &mut End,
+    to: &mut End,
+    max: usize,
+    mut inspect: impl FnMut(&Message) -> ControlFlow<()>,
+) -> usize {
     let mut n = 0;
     while n < max {
         let Some(msg) = from.link.poll_transmit(0).expect("poll") else { break };
+        if inspect(&msg).is_break() {
+            break;
+        }
         let mut buf = Vec::new();
         from.bytes_out += codec::encode(&msg, &mut buf);
         let (msg, _) = codec::decode(&buf, codec::DEFAULT_MAX_FRAME).expect("decode").expect("frame");
