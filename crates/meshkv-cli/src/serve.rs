@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// Refuse writes from remote clients (replication still flows).
     #[arg(long)]
     read_only: bool,
+    /// Keep the node id when the data directory looks copied (its files are
+    /// not the ones the store recorded). Only for file systems whose inode
+    /// numbers change across mounts: a copy that keeps the id can lose
+    /// writes.
+    #[arg(long)]
+    keep_id_for_copies: bool,
     /// Learn the peers of peers and connect to them too (peer exchange);
     /// leave off where the topology is deliberate (hub and spokes).
     #[arg(long)]
@@ -92,6 +98,7 @@ struct FileConfig {
     peers: Option<Vec<String>>,
     cluster: Option<String>,
     read_only: Option<bool>,
+    keep_id_for_copies: Option<bool>,
     peer_exchange: Option<bool>,
     discovery: Option<bool>,
     discovery_group: Option<String>,
@@ -139,6 +146,7 @@ struct Settings {
     peers: Vec<String>,
     cluster: String,
     read_only: bool,
+    keep_id_for_copies: bool,
     peer_exchange: bool,
     /// The multicast group to discover peers on (`None`: discovery off).
     discovery: Option<String>,
@@ -172,6 +180,7 @@ fn settings(args: &ServeArgs, target: &Target) -> Result<Settings> {
         peers: if args.peers.is_empty() { file.peers.unwrap_or_default() } else { args.peers.clone() },
         cluster: target.cluster.clone().or(file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.into()),
         read_only: args.read_only || file.read_only.unwrap_or(false),
+        keep_id_for_copies: args.keep_id_for_copies || file.keep_id_for_copies.unwrap_or(false),
         peer_exchange: args.peer_exchange || file.peer_exchange.unwrap_or(false),
         discovery: (args.discovery || file.discovery.unwrap_or(false))
             .then(|| file.discovery_group.unwrap_or_else(|| meshkv::node::DEFAULT_GROUP.to_string())),
@@ -247,6 +256,7 @@ fn store_options(s: &Settings, max_frame: usize) -> Result<Options> {
     let options = Options {
         max_key_len: s.limits.max_key_bytes.unwrap_or(d.max_key_len),
         max_value_len: s.limits.max_value_bytes.unwrap_or(d.max_value_len),
+        new_id_for_copies: !s.keep_id_for_copies,
         ..d
     };
     // A record must fit a frame to replicate (keys, value and version metadata).
@@ -437,6 +447,7 @@ mod tests {
                 peers: vec![],
                 cluster: "meshkv".into(),
                 read_only: false,
+                keep_id_for_copies: false,
                 peer_exchange: false,
                 discovery: None,
                 metrics: None,
@@ -456,7 +467,7 @@ mod tests {
         std::fs::write(
             &path,
             "data = \"d\"\nlisten = \"127.0.0.1:1\"\npeers = [\"127.0.0.1:2\"]\ncluster = \"c\"\nread_only = true\n\
-             busy_poll_us = 40\npeer_exchange = true\ndiscovery = true\n",
+             busy_poll_us = 40\npeer_exchange = true\ndiscovery = true\nkeep_id_for_copies = true\n",
         )
         .unwrap();
         let config = path.to_str().unwrap();
@@ -470,6 +481,7 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:7420".parse().unwrap();
         assert_eq!(node_config(&s, loopback, vec![], false).unwrap().server.busy_poll, Duration::from_micros(40));
         assert!(node_config(&s, loopback, vec![], false).unwrap().peer_exchange);
+        assert!(!store_options(&s, usize::MAX).unwrap().new_id_for_copies);
         assert_eq!(s.discovery, Some(meshkv::node::DEFAULT_GROUP.to_string()));
         let d = discovery(s.discovery.as_deref().unwrap()).unwrap();
         assert_eq!(

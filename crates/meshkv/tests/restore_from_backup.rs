@@ -26,6 +26,13 @@ fn temp_dirs<const N: usize>() -> [tempfile::TempDir; N] {
     std::array::from_fn(|_| tempfile::tempdir().expect("tempdir"))
 }
 
+/// Creates a store in `dir` holding `b`, closes it and returns its id.
+fn closed_store(dir: &Path, b: Batch) -> meshkv::NodeId {
+    let db = open(dir);
+    db.write(b).expect("batch");
+    db.node_id()
+}
+
 /// Replaces `dir` with a copy of `backup`.
 fn restore(backup: &Path, dir: &Path) {
     std::fs::remove_dir_all(dir).expect("remove");
@@ -196,11 +203,7 @@ fn a_restored_backup_takes_a_new_id_and_the_originals_later_writes() {
 #[test]
 fn a_copy_running_beside_its_original_loses_nothing() {
     let [dir, copy, peer_dir] = temp_dirs();
-    let id = {
-        let a = open(dir.path());
-        a.write(batch("shared", "before the copy")).expect("batch");
-        a.node_id()
-    };
+    let id = closed_store(dir.path(), batch("shared", "before the copy"));
     copy_dir(dir.path(), copy.path());
     let (original, clone, peer) = (open(dir.path()), open(copy.path()), open(peer_dir.path()));
     assert_eq!(original.node_id(), id);
@@ -250,4 +253,56 @@ fn a_large_copy_splits_all_its_blocks() {
     c.put("k050-500", "overwritten").expect("put");
     assert_verified(&c);
     assert_eq!(all_records(&c).len(), 100_000);
+}
+
+/// Restoring only the engine directory of a backup (the marker file stays)
+/// is a copy too: the store takes a new id and the original's later writes
+/// from a peer.
+#[test]
+fn restoring_only_the_engine_directory_takes_a_new_id() {
+    let [dir, backup, peer_dir] = temp_dirs();
+    let id = closed_store(dir.path(), batch("early", "v"));
+    copy_dir(dir.path(), backup.path());
+    let peer = open(peer_dir.path());
+    {
+        let original = open(dir.path());
+        original.write(batch("late", "original")).expect("batch");
+        pull(&peer, &original);
+    }
+    let engine = dir.path().join("engine");
+    std::fs::remove_dir_all(&engine).expect("remove engine");
+    copy_dir(&backup.path().join("engine"), &engine);
+
+    let restored = open(dir.path());
+    assert_ne!(restored.node_id(), id, "the restored engine kept the original's id");
+    assert_eq!(restored.get("late00").expect("get"), None, "the backup's data");
+    restored.put("after", "restore").expect("put");
+    pull(&restored, &peer);
+    pull(&peer, &restored);
+    assert_eq!(restored.get("late39").expect("get").as_deref(), Some(&b"original"[..]));
+    assert_eq!(all_records(&peer), all_records(&restored));
+    assert_verified(&restored);
+}
+
+/// `rm -rf` and then `cp -a` of the backup: the file system may give the
+/// new marker file the inode number the old one just freed (ext4 does), but
+/// not its birth time, so the copy is still told apart.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_backup_restored_with_cp_a_over_a_removed_directory_is_detected() {
+    let [parent] = temp_dirs();
+    let (dir, backup) = (parent.path().join("data"), parent.path().join("backup"));
+    let id = {
+        let a = open(&dir);
+        a.put("k", "v").expect("put");
+        a.node_id()
+    };
+    let cp = |from: &Path, to: &Path| {
+        let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");
+        assert!(status.success(), "cp -a failed");
+    };
+    cp(&dir, &backup);
+    std::fs::remove_dir_all(&dir).expect("remove");
+    cp(&backup, &dir);
+    assert_ne!(open(&dir).node_id(), id, "the restored copy kept the original's id");
 }

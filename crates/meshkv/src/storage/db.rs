@@ -27,7 +27,7 @@ const MARKER_CONTENT: &str = "meshkv store\nformat 2\n";
 /// blocks. Their log is readable as it is (it only lacks blocks); opening
 /// one upgrades the marker, so that older builds refuse the blocks to come.
 const MARKER_FORMAT_1: &str = "meshkv store\nformat 1\n";
-const ENGINE_DIR: &str = "engine";
+pub(crate) const ENGINE_DIR: &str = "engine";
 /// The engine keyspaces every store has from its first open on.
 const KEYSPACES: [&str; 3] = ["data", "log", "meta"];
 /// Sequence numbers reserved (durably) ahead of use. After a crash the node

@@ -5,47 +5,92 @@
 //! the original's id would issue dots the original issued too, and its
 //! vector would claim the original's later writes it never received
 //! (docs/ALGORITHM.md §10). Copying creates new files, so the store records
-//! the inode of its marker file, and an open that finds another one takes a
-//! new node id: the original's writes become those of a foreign origin this
-//! store holds up to where the copy was taken, and its peers send it the
-//! rest. A copy that keeps inode numbers (a block-level image, a rolled-back
-//! VM or filesystem snapshot) is not detected.
+//! the inode number and birth time of its marker file and of its engine
+//! directory, and an open that finds either changed takes a new node id:
+//! the original's writes become those of a foreign origin this store holds
+//! up to where the copy was taken, and its peers send it the rest. Copies
+//! that keep both (hard links, a block-level image, a rolled-back VM or
+//! file-system snapshot, files replaced inside the live directory) are not
+//! detected.
 
 use super::changelog;
-use super::db::MARKER_FILE;
+use super::db::{ENGINE_DIR, MARKER_FILE};
 use super::error::{Error, Result};
 use super::keys;
 use crate::version::NodeId;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use std::path::Path;
 
-/// Change-log writes per batch while a copy's blocks are split.
+/// Change-log writes, and their bytes, per batch while a copy's blocks are
+/// split.
 const SPLIT_BATCH_OPS: usize = 1 << 16;
+const SPLIT_BATCH_BYTES: usize = 64 << 20;
 
-/// The marker file's inode number, on platforms that have them.
-fn marker_inode(path: &Path) -> Result<Option<u64>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path.join(MARKER_FILE)).map_err(|source| Error::Io {
-            context: format!("cannot read {MARKER_FILE} in {}", path.display()),
-            source,
-        })?;
-        Ok(Some(meta.ino()))
+/// What tells a file apart from a copy of it: its inode number and birth
+/// time (0 where the file system does not keep one). Copying makes a new
+/// file, and a file system may reuse a freed inode number for it, but not
+/// its birth time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    ino: u64,
+    born_ns: u64,
+}
+
+impl FileIdentity {
+    fn of(file: &Path) -> Result<Option<FileIdentity>> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(file)
+                .map_err(|source| Error::Io { context: format!("cannot read {}", file.display()), source })?;
+            let born_ns = meta
+                .created()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            Ok(Some(FileIdentity { ino: meta.ino(), born_ns }))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = file;
+            Ok(None)
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        Ok(None)
+
+    /// Whether `self` (recorded) may be `now`: a birth time either side
+    /// lacks is not compared.
+    fn same_file(self, now: FileIdentity) -> bool {
+        self.ino == now.ino && (self.born_ns == 0 || now.born_ns == 0 || self.born_ns == now.born_ns)
     }
 }
 
-/// Records the marker file's inode as the store's own (after the store
+/// The identities of the marker file and of the engine directory.
+fn dir_identity(path: &Path) -> Result<Option<[FileIdentity; 2]>> {
+    let marker = FileIdentity::of(&path.join(MARKER_FILE))?;
+    let engine = FileIdentity::of(&path.join(ENGINE_DIR))?;
+    Ok(marker.zip(engine).map(|(m, e)| [m, e]))
+}
+
+fn encode(ids: [FileIdentity; 2]) -> Vec<u8> {
+    ids.iter().flat_map(|f| [f.ino, f.born_ns]).flat_map(u64::to_be_bytes).collect()
+}
+
+fn decode(v: &[u8]) -> Option<[FileIdentity; 2]> {
+    let n: Vec<u64> = v.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
+    match n[..] {
+        [mi, mb, ei, eb] if v.len() == 32 => {
+            Some([FileIdentity { ino: mi, born_ns: mb }, FileIdentity { ino: ei, born_ns: eb }])
+        }
+        _ => None,
+    }
+}
+
+/// Records the directory's identity as the store's own (after the store
 /// was created, or its marker rewritten).
 pub(crate) fn record(path: &Path, engine: &Database, meta: &Keyspace) -> Result<()> {
-    let Some(ino) = marker_inode(path)? else { return Ok(()) };
+    let Some(ids) = dir_identity(path)? else { return Ok(()) };
     let mut batch = OwnedWriteBatch::with_capacity(engine.clone(), 1).durability(Some(PersistMode::SyncData));
-    batch.insert(meta, keys::META_MARKER_INODE, keys::u64_value(ino).to_vec());
+    batch.insert(meta, keys::META_DIR_IDENTITY, encode(ids));
     batch.commit()?;
     Ok(())
 }
@@ -59,16 +104,14 @@ pub(crate) fn check(
     id: NodeId,
     new_id_for_copies: bool,
 ) -> Result<NodeId> {
-    let Some(ino) = marker_inode(path)? else { return Ok(id) };
-    let recorded = match meta.get(keys::META_MARKER_INODE)? {
+    let corrupt = |detail: &str| Error::Corrupt { path: path.to_path_buf(), detail: detail.into() };
+    let Some(now) = dir_identity(path)? else { return Ok(id) };
+    let recorded = match meta.get(keys::META_DIR_IDENTITY)? {
         // Created before stores recorded it: nothing to compare yet.
         None => return record(path, engine, meta).map(|()| id),
-        Some(v) => keys::parse_u64(&v).ok_or_else(|| Error::Corrupt {
-            path: path.to_path_buf(),
-            detail: "meta key \"marker_inode\" is malformed".into(),
-        })?,
+        Some(v) => decode(&v).ok_or_else(|| corrupt("meta key \"dir_identity\" is malformed"))?,
     };
-    if recorded == ino {
+    if recorded.iter().zip(now).all(|(r, n)| r.same_file(n)) {
         return Ok(id);
     }
     if !new_id_for_copies {
@@ -81,13 +124,12 @@ pub(crate) fn check(
             break candidate;
         }
     };
-    let corrupt = |detail: &str| Error::Corrupt { path: path.to_path_buf(), detail: detail.into() };
     let new_batch = || OwnedWriteBatch::with_capacity(engine.clone(), 64).durability(Some(PersistMode::SyncData));
     // Own dots may be grouped in blocks; a foreign origin's never are. The
     // blocks are split in bounded batches: until the last batch below
-    // records the new inode, every open redoes this, and skips what an
+    // records the new identity, every open redoes this, and skips what an
     // interrupted one split already.
-    let (mut batch, mut ops, mut last) = (new_batch(), 0, 0);
+    let (mut batch, mut ops, mut bytes, mut last) = (new_batch(), 0, 0, 0);
     for guard in log.range(changelog::range(id, 0)) {
         let (k, v) = guard.into_inner()?;
         let dots = changelog::decode_entry(&k, &v).ok_or_else(|| corrupt("malformed change-log entry"))?;
@@ -98,20 +140,24 @@ pub(crate) fn check(
         batch.remove(log, k.to_vec());
         ops += 1 + dots.len();
         for (dot, user_key) in dots {
+            bytes += keys::LOG_KEY_LEN + user_key.len();
             batch.insert(log, keys::log_key(dot), user_key.to_vec());
         }
-        if ops >= SPLIT_BATCH_OPS {
+        if ops >= SPLIT_BATCH_OPS || bytes >= SPLIT_BATCH_BYTES {
             std::mem::replace(&mut batch, new_batch()).commit()?;
-            ops = 0;
+            (ops, bytes) = (0, 0);
         }
     }
     // Local commits do not store the own vector entry (storage/db.rs); a
     // foreign origin's is read from `meta` alone.
-    let stored = meta.get(keys::vv_key(id))?.and_then(|v| keys::parse_u64(&v)).unwrap_or(0);
+    let stored = match meta.get(keys::vv_key(id))? {
+        None => 0,
+        Some(v) => keys::parse_u64(&v).ok_or_else(|| corrupt("malformed version-vector entry"))?,
+    };
     batch.insert(meta, keys::vv_key(id), keys::u64_value(stored.max(last)).to_vec());
     batch.insert(meta, keys::META_NODE_ID, keys::u64_value(new.0).to_vec());
     batch.remove(meta, keys::META_SEQ_RESERVED);
-    batch.insert(meta, keys::META_MARKER_INODE, keys::u64_value(ino).to_vec());
+    batch.insert(meta, keys::META_DIR_IDENTITY, encode(now));
     batch.commit()?;
     tracing::warn!(
         path = %path.display(),
@@ -121,4 +167,21 @@ pub(crate) fn check(
          and takes node {id}'s later writes from its peers like any other's (docs/ALGORITHM.md §10)"
     );
     Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_and_birth_times_compare_only_when_both_are_known() {
+        let ids = [FileIdentity { ino: 7, born_ns: 1_700_000_000_123_456_789 }, FileIdentity { ino: 9, born_ns: 0 }];
+        assert_eq!(decode(&encode(ids)), Some(ids));
+        assert_eq!(decode(&encode(ids)[..31]), None);
+        let f = FileIdentity { ino: 7, born_ns: 5 };
+        assert!(f.same_file(f));
+        assert!(f.same_file(FileIdentity { ino: 7, born_ns: 0 }));
+        assert!(!f.same_file(FileIdentity { ino: 7, born_ns: 6 }), "a reused inode number");
+        assert!(!f.same_file(FileIdentity { ino: 8, born_ns: 5 }));
+    }
 }

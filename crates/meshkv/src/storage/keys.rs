@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | `data` | `k` ‖ user key (the engine forbids empty keys; users may not) | encoded [`Record`](super::Record) |
 //! | `log`  | origin (8 B, big-endian) ‖ seq (8 B, big-endian) | user key |
-//! | `meta` | `node_id`, `seq_reserved`, `hlc`, `marker_inode`, `vv` ‖ origin (8 B BE) | `u64` big-endian |
+//! | `meta` | `node_id`, `seq_reserved`, `hlc`, `vv` ‖ origin (8 B BE) | `u64` big-endian |
+//! | `meta` | `dir_identity` | inode and birth time of the marker file and the engine directory (4 × `u64` BE) |
 //! | `meta` | `resume` ‖ peer (8 B BE) | postcard `ResumePoint` (log-order vector or key-order point) |
 //!
 //! Big-endian integers make the log sort by origin, then seq, so "what is
@@ -66,7 +67,7 @@ pub(crate) const LOG_KEY_LEN: usize = 16;
 pub(crate) const META_NODE_ID: &[u8] = b"node_id";
 pub(crate) const META_SEQ_RESERVED: &[u8] = b"seq_reserved";
 pub(crate) const META_HLC: &[u8] = b"hlc";
-pub(crate) const META_MARKER_INODE: &[u8] = b"marker_inode";
+pub(crate) const META_DIR_IDENTITY: &[u8] = b"dir_identity";
 pub(crate) const META_VV_PREFIX: &[u8] = b"vv";
 pub(crate) const META_RESUME_PREFIX: &[u8] = b"resume";
 
