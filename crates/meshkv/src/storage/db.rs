@@ -158,7 +158,7 @@ impl Db {
             // A rewritten marker is a new file.
             Found::OlderFormat => identity::record(&path, &engine, &meta)?,
             Found::Store => {
-                node_id = identity::check(&path, &engine, (&meta, &log), node_id, opts.new_id_for_copies)?;
+                node_id = identity::check(&path, &engine, (&meta, &log), node_id, &opts)?;
             }
         }
         let read_u64 = |k: &[u8]| -> Result<u64> {

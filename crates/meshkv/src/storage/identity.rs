@@ -17,6 +17,7 @@ use super::changelog;
 use super::db::{ENGINE_DIR, MARKER_FILE};
 use super::error::{Error, Result};
 use super::keys;
+use super::options::Options;
 use crate::version::NodeId;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use std::path::Path;
@@ -95,14 +96,15 @@ pub(crate) fn record(path: &Path, engine: &Database, meta: &Keyspace) -> Result<
     Ok(())
 }
 
-/// The node id this open writes under: `id`, or a new one if the directory
-/// is a copy of the store `id` was given to and `new_id_for_copies` is set.
+/// The node id this open writes under: `id`, or a new one (`requested` if
+/// given) if the directory is a copy of the store `id` was given to and
+/// `opts.new_id_for_copies` is set.
 pub(crate) fn check(
     path: &Path,
     engine: &Database,
     (meta, log): (&Keyspace, &Keyspace),
     id: NodeId,
-    new_id_for_copies: bool,
+    opts: &Options,
 ) -> Result<NodeId> {
     let corrupt = |detail: &str| Error::Corrupt { path: path.to_path_buf(), detail: detail.into() };
     let Some(now) = dir_identity(path)? else { return Ok(id) };
@@ -114,15 +116,18 @@ pub(crate) fn check(
     if recorded.iter().zip(now).all(|(r, n)| r.same_file(n)) {
         return Ok(id);
     }
-    if !new_id_for_copies {
+    if !opts.new_id_for_copies {
         tracing::warn!(path = %path.display(), node_id = %id, "the data directory is a copy; keeping its node id as configured");
         return record(path, engine, meta).map(|()| id);
     }
-    let new = loop {
-        let candidate = NodeId::random();
-        if candidate != id {
-            break candidate;
-        }
+    let new = match opts.new_node_id.filter(|r| r.0 != 0 && *r != id) {
+        Some(requested) => requested,
+        None => loop {
+            let candidate = NodeId::random();
+            if candidate != id {
+                break candidate;
+            }
+        },
     };
     let new_batch = || OwnedWriteBatch::with_capacity(engine.clone(), 64).durability(Some(PersistMode::SyncData));
     // Own dots may be grouped in blocks; a foreign origin's never are. The

@@ -66,10 +66,11 @@ pub struct Options {
     pub ingest_min_records: usize,
     /// Wall clock for the hybrid logical clock.
     pub clock: Arc<dyn PhysicalClock>,
-    /// Node id for a store created by this open (ignored for an existing
-    /// store). `None` (the default) draws a random one. Meant for
-    /// deterministic tests and simulations: two stores with the same id
-    /// corrupt each other's replicas.
+    /// Node id for a store created by this open, or for a copied store
+    /// that takes a new one (see `new_id_for_copies`); ignored otherwise,
+    /// and where it is the id the copy had. `None` (the default) draws a
+    /// random one. Meant for deterministic tests and simulations: two
+    /// stores with the same id corrupt each other's replicas.
     pub new_node_id: Option<NodeId>,
     /// Whether an open that finds the directory is a copy of a store (a
     /// restored backup, a clone: its marker file is not the one the store

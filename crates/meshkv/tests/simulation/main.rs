@@ -51,7 +51,11 @@
 //!   whose absence keeps the topology connected; possibly before the late
 //!   joiner starts, which must then get that node's writes through others).
 //!   In one of five a node's directory is deleted and it comes back
-//!   50–800 ms later as an empty store with a new node id. A departure or a
+//!   50–800 ms later as an empty store with a new node id, or, in even
+//!   seeds, at once from a backup: a copy of its directory taken when it
+//!   crashed at (or first after) half the wipe's time: the copy is detected and takes a new node id (the
+//!   one the seed asks for), holds the lost origin's writes up to the
+//!   backup, and receives the rest of them that peers hold. A departure or a
 //!   wipe waits until every other store is open (and is dropped if the chaos
 //!   ends first); the process dies, its peers see a reset or silence, and
 //!   every byte in flight to or from it is lost.
@@ -87,8 +91,9 @@
 //!
 //! A write is demanded unless its origin's store was lost (left or wiped)
 //! before any remaining store held it. At each loss every other store is
-//! open, and the harness reads off them which writes of lost origins their
-//! records still hold: those stay demanded, the rest do not. A write that
+//! open (and a restored one too), and the harness reads off them which
+//! writes of lost origins their records still hold: those stay demanded,
+//! the rest do not. A write that
 //! only reached a peer's memory is lost with it (key-order batches gathered
 //! but not yet applied are acknowledged, yet die with the connection); one
 //! that reached a peer's store and was superseded there no longer matters to
@@ -208,6 +213,7 @@ fn seed_range(name: &str, seeds: Range<u64>) {
         ("late joiners", s.late_joins),
         ("departures", s.departures),
         ("wiped nodes", s.wipes),
+        ("nodes restored from a backup", s.restores),
         ("writes lost with their origin", s.lost_writes),
     ];
     for (path, count) in exercised {

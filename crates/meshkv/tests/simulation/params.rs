@@ -181,6 +181,10 @@ pub(crate) struct Membership {
     pub(crate) leave: Option<(usize, u64)>,
     /// Its directory is deleted; it comes back as a new store with a new id.
     pub(crate) wipe: Option<(usize, u64)>,
+    /// The node to be wiped crashes, and its directory is copied, at this
+    /// time (in even seeds, at half the wipe's time: no draw, so no other
+    /// draw shifts); the wipe then restores that backup.
+    pub(crate) backup: Option<(usize, u64)>,
 }
 
 impl Membership {
@@ -198,7 +202,7 @@ impl Membership {
         let wipeable: Vec<usize> = (0..n).filter(|&i| Some(i) != joiner && Some(i) != leave.map(|l| l.0)).collect();
         let wipe = (ext.random_bool(0.2) && !wipeable.is_empty())
             .then(|| (wipeable[ext.random_range(0..wipeable.len())], at(ext, 0.1, 0.8)));
-        Membership { late_join, leave, wipe }
+        Membership { late_join, leave, wipe, backup: None }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::HEAL_BUDGET_MS;
 use meshkv::protocol::{CloseReason, Mode};
 use meshkv::storage::Version;
 use meshkv::{Batch, Db, Dot, NodeId, Options, Record};
-use network::{store_dir, Conn, End, Node};
+use network::{copy_tree, store_dir, Conn, End, Node};
 use oracle::{show, show_value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -76,7 +76,17 @@ impl Sim {
             let skew_base = if i == 0 { 0 } else { p.far_skew_ms };
             let skew = AtomicU64::new(skew_base + rng.random_range(0..=2_000));
             let clock = Arc::new(SimClock { time: time.clone(), skew });
-            nodes.push(Node { id, dir, clock, skew_base, db: None, restart_at: 0, joined: false, gone: false });
+            nodes.push(Node {
+                id,
+                dir,
+                clock,
+                skew_base,
+                db: None,
+                restart_at: 0,
+                joined: false,
+                gone: false,
+                backup: None,
+            });
         }
         let n = p.nodes;
         let topology: BTreeSet<(usize, usize)> = match p.topology {
@@ -94,7 +104,8 @@ impl Sim {
             }
         };
         let mut ext = StdRng::seed_from_u64(seed ^ 0x6d65_6d62_6572_7368);
-        let plan = Membership::draw(&mut ext, &p, &topology);
+        let mut plan = Membership::draw(&mut ext, &p, &topology);
+        plan.backup = plan.wipe.filter(|_| seed.is_multiple_of(2)).map(|(i, at)| (i, at / 2));
         let modes = draw_modes(&mut ext, n, &topology, plan.leave.map(|(i, _)| i));
         let mut sim = Sim {
             seed,
@@ -258,6 +269,11 @@ impl Sim {
                 self.lose(i, false);
             }
         }
+        if let Some((i, at)) = self.plan.backup {
+            if at <= self.now && self.up(i) {
+                self.crash(i);
+            }
+        }
         if let Some((i, at)) = self.plan.wipe {
             if at <= self.now && self.may_lose(i) {
                 self.plan.wipe = None;
@@ -348,6 +364,15 @@ impl Sim {
             // recovered by the next open, as after a real crash.
             db.close_as_if_crashed();
         }
+        // The store to be wiped gets its backup at its first crash from the
+        // planned time on: what the crash left.
+        if self.plan.backup.is_some_and(|(b, at)| b == i && at <= self.now) {
+            self.plan.backup = None;
+            let backup = store_dir();
+            copy_tree(self.nodes[i].dir.path(), backup.path());
+            self.nodes[i].backup = Some(backup);
+            self.log(|| format!("node {i}'s directory is backed up"));
+        }
         self.nodes[i].restart_at = self.now + self.rng.random_range(50..=800);
         self.stats.crashes += 1;
         self.log(|| format!("node {i} crashes ({silent} peers left to time out)"));
@@ -409,9 +434,19 @@ impl Sim {
             };
             self.used_ids.push(id);
             self.nodes[i].id = id;
-            self.nodes[i].restart_at = self.now + self.ext.random_range(50..=800);
-            self.stats.wipes += 1;
-            self.log(|| format!("node {i} is wiped: {old} is gone, it comes back as {id}"));
+            if let Some(backup) = self.nodes[i].backup.take() {
+                // Restored from the backup: the copy takes the new id (the
+                // one `Options::new_node_id` asks for) at once, so what it
+                // holds of the old origin counts as kept below.
+                copy_tree(backup.path(), self.nodes[i].dir.path());
+                self.open(i);
+                self.stats.restores += 1;
+                self.log(|| format!("node {i} is restored from its backup: {old} is gone, it comes back as {id}"));
+            } else {
+                self.nodes[i].restart_at = self.now + self.ext.random_range(50..=800);
+                self.stats.wipes += 1;
+                self.log(|| format!("node {i} is wiped: {old} is gone, it comes back as {id}"));
+            }
         } else {
             self.nodes[i].gone = true;
             self.stats.departures += 1;

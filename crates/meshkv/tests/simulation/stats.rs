@@ -33,6 +33,8 @@ pub(crate) struct Stats {
     pub(crate) late_joins: u64,
     pub(crate) departures: u64,
     pub(crate) wipes: u64,
+    /// Wiped nodes restored from a backup instead of starting empty.
+    pub(crate) restores: u64,
     /// Writes whose origin's store was lost before they reached a peer's.
     pub(crate) lost_writes: u64,
     /// Records sent in catch-up and live batches.
@@ -70,6 +72,7 @@ impl Stats {
         self.late_joins += o.late_joins;
         self.departures += o.departures;
         self.wipes += o.wipes;
+        self.restores += o.restores;
         self.lost_writes += o.lost_writes;
         for (k, v) in &o.sent {
             *self.sent.entry(k).or_default() += v;

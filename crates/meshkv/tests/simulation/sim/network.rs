@@ -28,6 +28,9 @@ pub(super) struct Node {
     pub(super) joined: bool,
     /// Left for good.
     pub(super) gone: bool,
+    /// A copy of its directory taken at a crash, for the wipe to restore
+    /// instead of starting empty.
+    pub(super) backup: Option<tempfile::TempDir>,
 }
 
 /// One side of a connection: the feed subscription (taken before the link
@@ -86,6 +89,21 @@ pub(super) fn store_dir() -> tempfile::TempDir {
             .or_else(|_| tempfile::tempdir())
             .expect("tempdir"),
         None => tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// Copies the directory tree `from` into `to` (which exists), file by file,
+/// as a backup tool would: the copies are new files.
+pub(super) fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir(&target).expect("mkdir");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
     }
 }
 
