@@ -306,3 +306,69 @@ fn a_backup_restored_with_cp_a_over_a_removed_directory_is_detected() {
     cp(&backup, &dir);
     assert_ne!(open(&dir).node_id(), id, "the restored copy kept the original's id");
 }
+
+/// Copies `backup` onto the live directory `dir` the way `rsync -a
+/// --delete` does: a file whose size and modification time match is left
+/// alone, any other is written to a temporary file renamed over it,
+/// directories stay, and files the backup lacks are removed.
+#[cfg(target_os = "linux")]
+fn rsync_onto(backup: &Path, dir: &Path) {
+    for entry in std::fs::read_dir(backup).expect("read_dir") {
+        let (entry, target) = {
+            let entry = entry.expect("entry");
+            let target = dir.join(entry.file_name());
+            (entry, target)
+        };
+        let meta = entry.metadata().expect("metadata");
+        if meta.is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            rsync_onto(&entry.path(), &target);
+            continue;
+        }
+        let same = std::fs::metadata(&target)
+            .is_ok_and(|t| t.len() == meta.len() && t.modified().ok() == meta.modified().ok());
+        if !same {
+            let tmp = dir.join(".rsync-tmp");
+            std::fs::copy(entry.path(), &tmp).expect("copy");
+            std::fs::rename(&tmp, &target).expect("rename");
+        }
+    }
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        if !backup.join(entry.file_name()).exists() {
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).expect("remove");
+            } else {
+                std::fs::remove_file(path).expect("remove");
+            }
+        }
+    }
+}
+
+/// A backup (`cp -a` of the closed store) restored by `rsync` onto the live
+/// directory after the original was opened again: the directories stay and
+/// unchanged files are skipped, but every open writes the marker afresh, so
+/// the backup's marker replaces it and the copy is told apart.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_backup_rsynced_onto_the_live_directory_is_detected() {
+    let [parent, peer_dir] = temp_dirs();
+    let (dir, backup) = (parent.path().join("data"), parent.path().join("backup"));
+    let id = closed_store(&dir, batch("early", "v"));
+    let status = std::process::Command::new("cp").arg("-a").arg(&dir).arg(&backup).status().expect("run cp");
+    assert!(status.success());
+    let peer = open(peer_dir.path());
+    {
+        let original = open(&dir);
+        assert_eq!(original.node_id(), id);
+        original.write(batch("late", "original")).expect("batch");
+        pull(&peer, &original);
+    }
+    rsync_onto(&backup, &dir);
+    let restored = open(&dir);
+    assert_ne!(restored.node_id(), id, "the rsynced backup kept the original's id");
+    assert_eq!(restored.get("late00").expect("get"), None, "the backup's data");
+    pull(&restored, &peer);
+    assert_eq!(all_records(&peer), all_records(&restored));
+}

@@ -149,18 +149,11 @@ impl Db {
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
         let mut node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id, found == Found::New)?;
-        match found {
-            Found::New => {
-                // Last: a marker always names a store with an engine and an id.
-                install_marker(&path)?;
-                identity::record(&path, &engine, &meta)?;
-            }
-            // A rewritten marker is a new file.
-            Found::OlderFormat => identity::record(&path, &engine, &meta)?,
-            Found::Store => {
-                node_id = identity::check(&path, &engine, (&meta, &log), node_id, &opts)?;
-            }
+        if found == Found::Store {
+            node_id = identity::check(&path, &engine, (&meta, &log), node_id, &opts)?;
         }
+        // Last: a marker always names a store with an engine and an id.
+        identity::renew(&path, &engine, &meta)?;
         let read_u64 = |k: &[u8]| -> Result<u64> {
             match meta.get(k).map_err(corrupt)? {
                 None => Ok(0),
@@ -414,7 +407,7 @@ fn prepare_dir(path: &Path) -> Result<Found> {
         }
         return Ok(found);
     }
-    let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+    let tmp = marker_tmp(path);
     let started = tmp.exists();
     let mut others = fs::read_dir(path)
         .map_err(io("cannot list data directory"))?
@@ -437,15 +430,25 @@ fn io_error(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> Error 
 
 /// Writes the current marker atomically (a new file renamed over the old).
 fn install_marker(path: &Path) -> Result<()> {
-    let io = |context: &str| io_error(path, context);
-    let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+    let tmp = marker_tmp(path);
     write_marker(path, &tmp)?;
-    fs::rename(&tmp, path.join(MARKER_FILE)).map_err(io("cannot install marker in"))?;
+    rename_marker(path, &tmp)
+}
+
+/// Where a new marker is written before it is renamed over the old one.
+pub(crate) fn marker_tmp(path: &Path) -> PathBuf {
+    path.join(format!("{MARKER_FILE}.tmp"))
+}
+
+/// Renames the new marker `tmp` over the old one, durably.
+pub(crate) fn rename_marker(path: &Path, tmp: &Path) -> Result<()> {
+    let io = |context: &str| io_error(path, context);
+    fs::rename(tmp, path.join(MARKER_FILE)).map_err(io("cannot install marker in"))?;
     fs::File::open(path).and_then(|d| d.sync_all()).map_err(io("cannot sync data directory"))
 }
 
 /// Writes the current marker's content to `file`, durably.
-fn write_marker(path: &Path, file: &Path) -> Result<()> {
+pub(crate) fn write_marker(path: &Path, file: &Path) -> Result<()> {
     let io = |context: &str| io_error(path, context);
     let mut f = fs::File::create(file).map_err(io("cannot create marker in"))?;
     f.write_all(MARKER_CONTENT.as_bytes()).map_err(io("cannot write marker in"))?;

@@ -5,16 +5,16 @@
 //! the original's id would issue dots the original issued too, and its
 //! vector would claim the original's later writes it never received
 //! (docs/ALGORITHM.md §10). Copying creates new files, so the store records
-//! the inode number and birth time of its marker file and of its engine
-//! directory, and an open that finds either changed takes a new node id:
-//! the original's writes become those of a foreign origin this store holds
-//! up to where the copy was taken, and its peers send it the rest. Copies
-//! that keep both (hard links, a block-level image, a rolled-back VM or
-//! file-system snapshot, files replaced inside the live directory) are not
+//! the inode number and birth time of its engine directory and of its marker
+//! file, which every open writes afresh; an open that finds either changed
+//! takes a new node id: the original's writes become those of a foreign
+//! origin this store holds up to where the copy was taken, and its peers
+//! send it the rest. Copies that keep those files (an in-place overwrite, a
+//! block-level image, a rolled-back VM or file-system snapshot) are not
 //! detected.
 
 use super::changelog;
-use super::db::{ENGINE_DIR, MARKER_FILE};
+use super::db::{marker_tmp, rename_marker, write_marker, ENGINE_DIR, MARKER_FILE};
 use super::error::{Error, Result};
 use super::keys;
 use super::options::Options;
@@ -65,35 +65,47 @@ impl FileIdentity {
     }
 }
 
-/// The identities of the marker file and of the engine directory.
+/// The identities of the engine directory and of the marker file.
 fn dir_identity(path: &Path) -> Result<Option<[FileIdentity; 2]>> {
-    let marker = FileIdentity::of(&path.join(MARKER_FILE))?;
     let engine = FileIdentity::of(&path.join(ENGINE_DIR))?;
-    Ok(marker.zip(engine).map(|(m, e)| [m, e]))
+    let marker = FileIdentity::of(&path.join(MARKER_FILE))?;
+    Ok(engine.zip(marker).map(|(e, m)| [e, m]))
 }
 
-fn encode(ids: [FileIdentity; 2]) -> Vec<u8> {
+/// What `meta` holds: the engine directory's identity, then those the
+/// marker may have (the one written by the last open, and while an open
+/// replaces it, the next one too).
+fn encode(ids: &[FileIdentity]) -> Vec<u8> {
     ids.iter().flat_map(|f| [f.ino, f.born_ns]).flat_map(u64::to_be_bytes).collect()
 }
 
-fn decode(v: &[u8]) -> Option<[FileIdentity; 2]> {
-    let n: Vec<u64> = v.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
-    match n[..] {
-        [mi, mb, ei, eb] if v.len() == 32 => {
-            Some([FileIdentity { ino: mi, born_ns: mb }, FileIdentity { ino: ei, born_ns: eb }])
-        }
-        _ => None,
+fn decode(v: &[u8]) -> Option<(FileIdentity, Vec<FileIdentity>)> {
+    if !matches!(v.len(), 32 | 48) {
+        return None;
     }
+    let n: Vec<u64> = v.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
+    let mut ids = n.chunks_exact(2).map(|p| FileIdentity { ino: p[0], born_ns: p[1] });
+    let engine = ids.next()?;
+    Some((engine, ids.collect()))
 }
 
-/// Records the directory's identity as the store's own (after the store
-/// was created, or its marker rewritten).
-pub(crate) fn record(path: &Path, engine: &Database, meta: &Keyspace) -> Result<()> {
-    let Some(ids) = dir_identity(path)? else { return Ok(()) };
-    let mut batch = OwnedWriteBatch::with_capacity(engine.clone(), 1).durability(Some(PersistMode::SyncData));
-    batch.insert(meta, keys::META_DIR_IDENTITY, encode(ids));
-    batch.commit()?;
-    Ok(())
+/// Writes the marker afresh (a new file renamed over the old one) and
+/// records its identity, first as the next one beside the current, so an
+/// open cut off anywhere in between finds one it knows. A marker replaced
+/// since the store last wrote it (say by `rsync` restoring a backup onto
+/// the live directory) then reads as a copy.
+pub(crate) fn renew(path: &Path, engine: &Database, meta: &Keyspace) -> Result<()> {
+    let tmp = marker_tmp(path);
+    write_marker(path, &tmp)?;
+    let marker = path.join(MARKER_FILE);
+    let current = if marker.exists() { FileIdentity::of(&marker)? } else { None };
+    if let (Some(eng), Some(next)) = (FileIdentity::of(&path.join(ENGINE_DIR))?, FileIdentity::of(&tmp)?) {
+        let ids: Vec<FileIdentity> = std::iter::once(eng).chain(current).chain([next]).collect();
+        let mut batch = OwnedWriteBatch::with_capacity(engine.clone(), 1).durability(Some(PersistMode::SyncData));
+        batch.insert(meta, keys::META_DIR_IDENTITY, encode(&ids));
+        batch.commit()?;
+    }
+    rename_marker(path, &tmp)
 }
 
 /// The node id this open writes under: `id`, or a new one (`requested` if
@@ -107,18 +119,18 @@ pub(crate) fn check(
     opts: &Options,
 ) -> Result<NodeId> {
     let corrupt = |detail: &str| Error::Corrupt { path: path.to_path_buf(), detail: detail.into() };
-    let Some(now) = dir_identity(path)? else { return Ok(id) };
-    let recorded = match meta.get(keys::META_DIR_IDENTITY)? {
+    let Some([engine_now, marker_now]) = dir_identity(path)? else { return Ok(id) };
+    let (engine_was, markers) = match meta.get(keys::META_DIR_IDENTITY)? {
         // Created before stores recorded it: nothing to compare yet.
-        None => return record(path, engine, meta).map(|()| id),
+        None => return Ok(id),
         Some(v) => decode(&v).ok_or_else(|| corrupt("meta key \"dir_identity\" is malformed"))?,
     };
-    if recorded.iter().zip(now).all(|(r, n)| r.same_file(n)) {
+    if engine_was.same_file(engine_now) && markers.iter().any(|m| m.same_file(marker_now)) {
         return Ok(id);
     }
     if !opts.new_id_for_copies {
         tracing::warn!(path = %path.display(), node_id = %id, "the data directory is a copy; keeping its node id as configured");
-        return record(path, engine, meta).map(|()| id);
+        return Ok(id);
     }
     let new = match opts.new_node_id.filter(|r| r.0 != 0 && *r != id) {
         Some(requested) => requested,
@@ -162,7 +174,7 @@ pub(crate) fn check(
     batch.insert(meta, keys::vv_key(id), keys::u64_value(stored.max(last)).to_vec());
     batch.insert(meta, keys::META_NODE_ID, keys::u64_value(new.0).to_vec());
     batch.remove(meta, keys::META_SEQ_RESERVED);
-    batch.insert(meta, keys::META_DIR_IDENTITY, encode(now));
+    batch.insert(meta, keys::META_DIR_IDENTITY, encode(&[engine_now, marker_now]));
     batch.commit()?;
     tracing::warn!(
         path = %path.display(),
@@ -180,9 +192,15 @@ mod tests {
 
     #[test]
     fn identities_round_trip_and_birth_times_compare_only_when_both_are_known() {
-        let ids = [FileIdentity { ino: 7, born_ns: 1_700_000_000_123_456_789 }, FileIdentity { ino: 9, born_ns: 0 }];
-        assert_eq!(decode(&encode(ids)), Some(ids));
-        assert_eq!(decode(&encode(ids)[..31]), None);
+        let (e, m1, m2) = (
+            FileIdentity { ino: 7, born_ns: 1_700_000_000_123_456_789 },
+            FileIdentity { ino: 9, born_ns: 0 },
+            FileIdentity { ino: 11, born_ns: 3 },
+        );
+        assert_eq!(decode(&encode(&[e, m1])), Some((e, vec![m1])));
+        assert_eq!(decode(&encode(&[e, m1, m2])), Some((e, vec![m1, m2])));
+        assert_eq!(decode(&encode(&[e, m1])[..31]), None);
+        assert_eq!(decode(&encode(&[e])), None);
         let f = FileIdentity { ino: 7, born_ns: 5 };
         assert!(f.same_file(f));
         assert!(f.same_file(FileIdentity { ino: 7, born_ns: 0 }));
