@@ -372,3 +372,18 @@ fn a_backup_rsynced_onto_the_live_directory_is_detected() {
     pull(&restored, &peer);
     assert_eq!(all_records(&peer), all_records(&restored));
 }
+
+/// The marker an open replaced does not pass for the store's own when it is
+/// put back (as a hard-linked backup would bring it): only the marker the
+/// last open wrote does.
+#[cfg(unix)]
+#[test]
+fn a_replaced_marker_put_back_is_a_copy() {
+    let [dir] = temp_dirs();
+    let id = closed_store(dir.path(), batch("k", "v"));
+    let (marker, kept) = (dir.path().join("MESHKV"), dir.path().join("MESHKV.kept"));
+    std::fs::hard_link(&marker, &kept).expect("link");
+    assert_eq!(open(dir.path()).node_id(), id, "a reopen in place keeps the id");
+    std::fs::rename(&kept, &marker).expect("put the old marker back");
+    assert_ne!(open(dir.path()).node_id(), id, "an old marker passed for the current one");
+}

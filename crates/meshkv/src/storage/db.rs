@@ -149,7 +149,9 @@ impl Db {
         let meta = engine.keyspace("meta", KeyspaceCreateOptions::default).map_err(corrupt)?;
 
         let mut node_id = load_or_create_node_id(&path, &engine, &meta, &data, opts.new_node_id, found == Found::New)?;
-        if found == Found::Store {
+        // Also a first open's: one cut off after recording the marker it was
+        // about to install left a store, which may have been copied since.
+        if found != Found::OlderFormat {
             node_id = identity::check(&path, &engine, (&meta, &log), node_id, &opts)?;
         }
         // Last: a marker always names a store with an engine and an id.

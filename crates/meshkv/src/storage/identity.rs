@@ -65,10 +65,12 @@ impl FileIdentity {
     }
 }
 
-/// The identities of the engine directory and of the marker file.
+/// The identities of the engine directory and of the marker file (the
+/// new marker, where a first open was cut off before renaming it).
 fn dir_identity(path: &Path) -> Result<Option<[FileIdentity; 2]>> {
     let engine = FileIdentity::of(&path.join(ENGINE_DIR))?;
-    let marker = FileIdentity::of(&path.join(MARKER_FILE))?;
+    let marker = path.join(MARKER_FILE);
+    let marker = FileIdentity::of(&if marker.exists() { marker } else { marker_tmp(path) })?;
     Ok(engine.zip(marker).map(|(e, m)| [e, m]))
 }
 
@@ -125,7 +127,19 @@ pub(crate) fn check(
         None => return Ok(id),
         Some(v) => decode(&v).ok_or_else(|| corrupt("meta key \"dir_identity\" is malformed"))?,
     };
-    if engine_was.same_file(engine_now) && markers.iter().any(|m| m.same_file(marker_now)) {
+    let marker_known = match markers.split_last() {
+        Some((last, earlier)) => {
+            let tmp = marker_tmp(path);
+            marker_now.same_file(*last)
+                // An open cut off between recording the next marker and
+                // renaming it over this one: the next is still the new file.
+                || (earlier.iter().any(|m| m.same_file(marker_now))
+                    && tmp.exists()
+                    && FileIdentity::of(&tmp)?.is_some_and(|t| t.same_file(*last)))
+        }
+        None => false,
+    };
+    if engine_was.same_file(engine_now) && marker_known {
         return Ok(id);
     }
     if !opts.new_id_for_copies {

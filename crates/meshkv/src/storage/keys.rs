@@ -5,7 +5,7 @@
 //! | `data` | `k` ‖ user key (the engine forbids empty keys; users may not) | encoded [`Record`](super::Record) |
 //! | `log`  | origin (8 B, big-endian) ‖ seq (8 B, big-endian) | user key |
 //! | `meta` | `node_id`, `seq_reserved`, `hlc`, `vv` ‖ origin (8 B BE) | `u64` big-endian |
-//! | `meta` | `dir_identity` | inode and birth time of the marker file and the engine directory (4 × `u64` BE) |
+//! | `meta` | `dir_identity` | inode and birth time (2 × `u64` BE) of the engine directory, then of the marker file, and while an open replaces the marker, of the new one |
 //! | `meta` | `resume` ‖ peer (8 B BE) | postcard `ResumePoint` (log-order vector or key-order point) |
 //!
 //! Big-endian integers make the log sort by origin, then seq, so "what is

@@ -424,8 +424,11 @@ impl Sim {
         let old = self.nodes[i].id;
         self.lost.insert(old);
         if wipe {
-            // Dropping the old directory deletes it.
-            self.nodes[i].dir = store_dir();
+            // Dropping the old directory deletes it: only once a restored
+            // copy is open, so no file of the copy can get an inode number
+            // the original's just freed (where `MESHKV_SIM_DIR` points to a
+            // file system without birth times, that would hide the copy).
+            let _old_dir = std::mem::replace(&mut self.nodes[i].dir, store_dir());
             let id = loop {
                 let id = NodeId(self.ext.random::<u64>() | 1);
                 if !self.used_ids.contains(&id) {
