@@ -387,3 +387,23 @@ fn a_replaced_marker_put_back_is_a_copy() {
     std::fs::rename(&kept, &marker).expect("put the old marker back");
     assert_ne!(open(dir.path()).node_id(), id, "an old marker passed for the current one");
 }
+
+/// An open cut off after recording its new marker but before renaming it
+/// over the old one leaves the old marker and `MESHKV.tmp`: the next open
+/// knows both and keeps the id.
+#[cfg(unix)]
+#[test]
+fn an_open_cut_off_before_renaming_its_marker_is_no_copy() {
+    let [dir] = temp_dirs();
+    let id = closed_store(dir.path(), batch("k", "v"));
+    let (marker, kept, tmp) =
+        (dir.path().join("MESHKV"), dir.path().join("MESHKV.kept"), dir.path().join("MESHKV.tmp"));
+    std::fs::hard_link(&marker, &kept).expect("link");
+    drop(open(dir.path()));
+    // The state that open would have left, cut off before its rename.
+    std::fs::rename(&marker, &tmp).expect("the new marker back to its temporary name");
+    std::fs::rename(&kept, &marker).expect("the old marker back");
+    let db = open(dir.path());
+    assert_eq!(db.node_id(), id, "taken for a copy");
+    assert_eq!(db.get("k00").expect("get").as_deref(), Some(&b"v"[..]));
+}
