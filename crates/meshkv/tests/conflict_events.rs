@@ -37,3 +37,38 @@ async fn every_conflict_arrives_however_many_writes_surround_it() {
     assert_eq!(keys, ["x", "y", "z"]);
     assert_eq!(a.conflict_count(), 3);
 }
+
+/// Under last-writer-wins a losing version leaves no trace in the record.
+/// Delivered again before the vector covers it (two peers pushing the same
+/// record during one catch-up), it is still one conflict, counted and
+/// published once.
+#[tokio::test]
+async fn a_losing_version_delivered_twice_is_one_conflict() {
+    use meshkv::clock::ManualClock;
+    use std::sync::Arc;
+    let (da, dbd) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let opts = || Options { clock: clock.clone(), ..Options::default() };
+    let (a, b) = (Db::open(da.path(), opts()).expect("open a"), Db::open(dbd.path(), opts()).expect("open b"));
+    b.put("x", "from b, earlier").expect("put");
+    clock.advance(1_000);
+    a.put("x", "from a, later").expect("put");
+    let mut conflicts = a.subscribe_conflicts();
+    let from_b: Vec<_> = b.changes_since(&a.version_vector()).expect("changes").map(|r| r.expect("item")).collect();
+    for delivery in 0..3 {
+        let report = a.apply(from_b.clone(), None).expect("apply without covering");
+        assert_eq!(report.conflicts, usize::from(delivery == 0), "delivery {delivery}");
+    }
+    a.apply(from_b, Some(&b.version_vector())).expect("apply, now covering");
+    assert_eq!(a.conflict_count(), 1);
+    assert_eq!(a.get("x").expect("get").as_deref(), Some(&b"from a, later"[..]));
+    // The events: x once, then y, a conflict made after the repeats.
+    b.put("y", "from b").expect("put");
+    clock.advance(1_000);
+    a.put("y", "from a").expect("put");
+    let from_b: Vec<_> = b.changes_since(&a.version_vector()).expect("changes").map(|r| r.expect("item")).collect();
+    a.apply(from_b, Some(&b.version_vector())).expect("apply");
+    for key in ["x", "y"] {
+        assert_eq!(conflicts.recv().await.expect("a conflict").key, key.as_bytes());
+    }
+}

@@ -116,9 +116,10 @@ impl Db {
                 continue;
             }
             let merged = merge(&key, current.as_ref(), remote.decode(), &inner.opts.policy);
+            let ws = &mut *w;
             let conflict = merged
                 .conflict
-                .filter(|c| c.incoming.iter().any(|d| !w.vv.contains(*d)))
+                .filter(|c| ws.counted_conflicts.count(c, &ws.vv))
                 .map(|c| Conflict { winner: c.winner, losers: c.losers });
             if conflict.is_some() {
                 report.conflicts += 1;

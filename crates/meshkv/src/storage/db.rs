@@ -94,6 +94,8 @@ pub(crate) struct WriterState {
     pub unfinished_ingestion: bool,
     /// Change-log entries of ingested records not written yet.
     pub pending_log: super::pending::PendingLog,
+    /// Conflicts counted whose versions the vector does not cover yet.
+    pub counted_conflicts: super::merge::CountedConflicts,
 }
 
 impl Db {
@@ -208,6 +210,7 @@ impl Db {
                     commit_id: 0,
                     unfinished_ingestion: false,
                     pending_log: Default::default(),
+                    counted_conflicts: Default::default(),
                 }),
                 feed,
                 conflict_feed,

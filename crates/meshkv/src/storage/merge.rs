@@ -14,7 +14,8 @@
 
 use super::policy::ConflictPolicy;
 use super::record::{Record, Version};
-use crate::version::Dot;
+use crate::version::{Dot, VersionVector};
+use std::collections::HashSet;
 
 /// What merging one remote record did.
 #[derive(Debug)]
@@ -66,6 +67,39 @@ pub(crate) fn merge(key: &[u8], local: Option<&Record>, remote: Record, policy: 
     });
     let record = (merged != *local).then_some(merged);
     Merged { record, conflict }
+}
+
+/// Concurrent versions already counted in a conflict that the node's
+/// vector does not cover yet. Under last-writer-wins a losing version
+/// leaves no trace in the record, so one delivered again before a
+/// catch-up completes (two peers pushing the same record) would otherwise
+/// count as a second conflict; once covered, the vector tells instead.
+#[derive(Debug, Default)]
+pub(crate) struct CountedConflicts {
+    dots: HashSet<Dot>,
+}
+
+/// Dots remembered at most; past it the covered ones are dropped, and if
+/// that is not enough, all of them (a repeat may then count again).
+const COUNTED_CONFLICTS_MAX: usize = 4096;
+
+impl CountedConflicts {
+    /// Whether `conflict` brings a version neither covered by `vv` nor
+    /// counted before; if so, remembers its new versions.
+    pub fn count(&mut self, conflict: &ConflictDots, vv: &VersionVector) -> bool {
+        let fresh = |d: &Dot| !vv.contains(*d) && !self.dots.contains(d);
+        if !conflict.incoming.iter().any(fresh) {
+            return false;
+        }
+        if self.dots.len() + conflict.incoming.len() > COUNTED_CONFLICTS_MAX {
+            self.dots.retain(|d| !vv.contains(*d));
+            if self.dots.len() + conflict.incoming.len() > COUNTED_CONFLICTS_MAX {
+                self.dots.clear();
+            }
+        }
+        self.dots.extend(conflict.incoming.iter().filter(|d| !vv.contains(**d)));
+        true
+    }
 }
 
 /// Reduces a non-empty set of pairwise-concurrent versions to a record.
@@ -159,5 +193,23 @@ mod tests {
         let rec = merge(b"k", Some(&a), b, &policy).record.expect("changed");
         assert_eq!(rec.versions().len(), 2);
         assert_eq!(rec.value(), Some(&b"keep"[..]));
+    }
+
+    #[test]
+    fn a_conflict_counts_once_until_its_versions_are_covered() {
+        let (a, b) = (Dot::new(NodeId(1), 1), Dot::new(NodeId(2), 1));
+        let conflict = ConflictDots { winner: a, losers: vec![b], incoming: vec![b] };
+        let mut counted = CountedConflicts::default();
+        let mut vv = VersionVector::new();
+        assert!(counted.count(&conflict, &vv));
+        assert!(!counted.count(&conflict, &vv), "counted twice");
+        vv.raise(NodeId(2), 1);
+        assert!(!counted.count(&conflict, &vv), "covered");
+        // Past the bound, covered dots make room first.
+        for seq in 2..2 + COUNTED_CONFLICTS_MAX as u64 {
+            let d = Dot::new(NodeId(3), seq);
+            assert!(counted.count(&ConflictDots { winner: a, losers: vec![d], incoming: vec![d] }, &vv));
+        }
+        assert!(counted.dots.len() <= COUNTED_CONFLICTS_MAX);
     }
 }
