@@ -146,7 +146,21 @@ pub(crate) fn check(
         tracing::warn!(path = %path.display(), node_id = %id, "the data directory is a copy; keeping its node id as configured");
         return Ok(id);
     }
-    let new = match opts.new_node_id.filter(|r| r.0 != 0 && *r != id) {
+    take_new_id(path, engine, (meta, log), id, opts.new_node_id, [engine_now, marker_now])
+}
+
+/// Makes the copy's store write under a new id (`requested` if given) and
+/// records `now` as its identity; returns the new id.
+fn take_new_id(
+    path: &Path,
+    engine: &Database,
+    (meta, log): (&Keyspace, &Keyspace),
+    id: NodeId,
+    requested: Option<NodeId>,
+    now: [FileIdentity; 2],
+) -> Result<NodeId> {
+    let corrupt = |detail: &str| Error::Corrupt { path: path.to_path_buf(), detail: detail.into() };
+    let new = match requested.filter(|r| r.0 != 0 && *r != id) {
         Some(requested) => requested,
         None => loop {
             let candidate = NodeId::random();
@@ -188,7 +202,7 @@ pub(crate) fn check(
     batch.insert(meta, keys::vv_key(id), keys::u64_value(stored.max(last)).to_vec());
     batch.insert(meta, keys::META_NODE_ID, keys::u64_value(new.0).to_vec());
     batch.remove(meta, keys::META_SEQ_RESERVED);
-    batch.insert(meta, keys::META_DIR_IDENTITY, encode(&[engine_now, marker_now]));
+    batch.insert(meta, keys::META_DIR_IDENTITY, encode(&now));
     batch.commit()?;
     tracing::warn!(
         path = %path.display(),
