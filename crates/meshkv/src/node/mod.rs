@@ -59,9 +59,10 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// How remote clients are served (read-only, validation hook, limits).
     pub server: ServerOptions,
-    /// The cluster secret (and optional client and read-only secrets for
-    /// clients) every connection must prove one of. Without one, connections are plaintext and
-    /// unauthenticated, and only a loopback listener is allowed.
+    /// The cluster secret, and optional client and read-only secrets for
+    /// clients: every connection must prove one of them. Without a cluster
+    /// secret, connections are plaintext and unauthenticated, and only a
+    /// loopback listener is allowed.
     pub security: Security,
     /// Allow a non-loopback listener, and non-loopback peers, without a
     /// secret (trusted networks only).

@@ -110,10 +110,6 @@ impl Db {
         let opts = opts.normalized();
         let found = prepare_dir(&path)?;
         let engine = open_engine(&path, &opts)?;
-        if found == Found::OlderFormat {
-            install_marker(&path)?;
-            tracing::info!(path = %path.display(), "upgraded the store's format marker to format 2");
-        }
         let corrupt = |e: fjall::Error| Error::Corrupt { path: path.clone(), detail: format!("{e:?}") };
         if found != Found::New {
             // The engine would create a missing keyspace afresh: a store
@@ -156,8 +152,12 @@ impl Db {
         if found != Found::OlderFormat {
             node_id = identity::check(&path, &engine, (&meta, &log), node_id, &opts)?;
         }
-        // Last: a marker always names a store with an engine and an id.
+        // Last: a marker always names a store with an engine and an id. It
+        // is written in the current format, before any write can add blocks.
         identity::renew(&path, &engine, &meta)?;
+        if found == Found::OlderFormat {
+            tracing::info!(path = %path.display(), "upgraded the store's format marker to format 2");
+        }
         let read_u64 = |k: &[u8]| -> Result<u64> {
             match meta.get(k).map_err(corrupt)? {
                 None => Ok(0),
@@ -431,13 +431,6 @@ fn prepare_dir(path: &Path) -> Result<Found> {
 fn io_error(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> Error {
     let context = format!("{context} {}", path.display());
     move |source| Error::Io { context, source }
-}
-
-/// Writes the current marker atomically (a new file renamed over the old).
-fn install_marker(path: &Path) -> Result<()> {
-    let tmp = marker_tmp(path);
-    write_marker(path, &tmp)?;
-    rename_marker(path, &tmp)
 }
 
 /// Where a new marker is written before it is renamed over the old one.
