@@ -47,7 +47,10 @@
 //!   drops its feed subscription at the handshake, as the runtime's does.
 //! - **membership**: in one seed of four a node starts with an empty store
 //!   only after writes were made (at a random point of the run, or at the
-//!   heal: a pure catch-up). In about one of seven a node leaves for good (one
+//!   heal: a pure catch-up); in odd seeds it starts instead from a copy of
+//!   the first other store that crashed before it joins (a node seeded from
+//!   a backup of another: the copy takes the joiner's id, and what it holds
+//!   of lost origins counts as kept). In about one of seven a node leaves for good (one
 //!   whose absence keeps the topology connected; possibly before the late
 //!   joiner starts, which must then get that node's writes through others).
 //!   In one of five a node's directory is deleted and it comes back
@@ -211,6 +214,7 @@ fn seed_range(name: &str, seeds: Range<u64>) {
         ("one-way links", s.one_way_links),
         ("links without data flow", s.no_flow_links),
         ("late joiners", s.late_joins),
+        ("late joiners started from a copy", s.joins_from_copy),
         ("departures", s.departures),
         ("wiped nodes", s.wipes),
         ("nodes restored from a backup", s.restores),

@@ -50,6 +50,9 @@ pub(crate) struct Sim {
     conns: Vec<Conn>,
     next_conn: u64,
     reconnect_at: BTreeMap<(usize, usize), u64>,
+    /// In odd seeds, a copy of another node's store taken at its crash, for
+    /// the late joiner to start from instead of an empty store.
+    join_copy: Option<tempfile::TempDir>,
     /// Every write ever made, by key: the version as stored on its origin.
     writes: BTreeMap<String, Vec<Version>>,
     write_count: u64,
@@ -126,6 +129,7 @@ impl Sim {
             conns: Vec::new(),
             next_conn: 0,
             reconnect_at: BTreeMap::new(),
+            join_copy: None,
             writes: BTreeMap::new(),
             write_count: 0,
             next_check: 250,
@@ -364,6 +368,16 @@ impl Sim {
             // recovered by the next open, as after a real crash.
             db.close_as_if_crashed();
         }
+        // In odd seeds the late joiner is seeded with the first store that
+        // crashes before it joins: a new node started from a backup of
+        // another, instead of bootstrapping.
+        let joiner = self.plan.late_join.map(|(j, _)| j).filter(|&j| j != i && !self.nodes[j].joined);
+        if joiner.is_some() && !self.seed.is_multiple_of(2) && self.join_copy.is_none() {
+            let copy = store_dir();
+            copy_tree(self.nodes[i].dir.path(), copy.path());
+            self.join_copy = Some(copy);
+            self.log(|| format!("node {i}'s directory is copied for the late joiner"));
+        }
         // The store to be wiped gets its backup at its first crash from the
         // planned time on: what the crash left.
         if self.plan.backup.is_some_and(|(b, at)| b == i && at <= self.now) {
@@ -380,9 +394,21 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         if !self.nodes[i].joined {
-            self.open(i);
+            match self.join_copy.take() {
+                Some(copy) => {
+                    // A copy: it takes the joiner's id (the one the seed asks for).
+                    copy_tree(copy.path(), self.nodes[i].dir.path());
+                    self.open(i);
+                    self.reckon_copy(i);
+                    self.stats.joins_from_copy += 1;
+                    self.log(|| format!("node {i} joins with a copy of another node's store"));
+                }
+                None => {
+                    self.open(i);
+                    self.log(|| format!("node {i} joins with an empty store"));
+                }
+            }
             self.stats.late_joins += 1;
-            self.log(|| format!("node {i} joins with an empty store"));
             return;
         }
         // Lingering connections of the old process are reset by the new one.
@@ -492,6 +518,28 @@ impl Sim {
             .map(|&o| (o, dbs.iter().map(|db| db.version_vector().get(o)).max().unwrap_or(0)))
             .collect();
         self.log(|| format!("lost origins {:?}: kept {:?}, floor {:?}", self.lost, self.kept, self.floor));
+    }
+
+    /// What a store started from a copy holds of the lost origins survives
+    /// through it too: demanded from now on, and its coverage of them is a
+    /// floor.
+    fn reckon_copy(&mut self, i: usize) {
+        let db = self.nodes[i].db.as_ref().expect("the copy is open");
+        let mut kept = Vec::new();
+        for (key, ws) in &self.writes {
+            if !ws.iter().any(|w| self.lost.contains(&w.dot.origin)) {
+                continue;
+            }
+            if let Some(r) = db.get_record(key).expect("get_record") {
+                kept.extend(ws.iter().filter(|w| self.lost.contains(&w.dot.origin) && r.has_dot(w.dot)).map(|w| w.dot));
+            }
+        }
+        let vv = db.version_vector();
+        self.kept.extend(kept);
+        for (&o, floor) in &mut self.floor {
+            *floor = (*floor).max(vv.get(o));
+        }
+        self.log(|| format!("with the copy: kept {:?}, floor {:?}", self.kept, self.floor));
     }
 
     fn repartition(&mut self) {

@@ -31,6 +31,8 @@ pub(crate) struct Stats {
     pub(crate) one_way_links: u64,
     pub(crate) no_flow_links: u64,
     pub(crate) late_joins: u64,
+    /// Late joiners started from a copy of another node's store.
+    pub(crate) joins_from_copy: u64,
     pub(crate) departures: u64,
     pub(crate) wipes: u64,
     /// Wiped nodes restored from a backup instead of starting empty.
@@ -70,6 +72,7 @@ impl Stats {
         self.one_way_links += o.one_way_links;
         self.no_flow_links += o.no_flow_links;
         self.late_joins += o.late_joins;
+        self.joins_from_copy += o.joins_from_copy;
         self.departures += o.departures;
         self.wipes += o.wipes;
         self.restores += o.restores;
